@@ -1,0 +1,9 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Use the vendored protoc so a build needs no system protobuf compiler.
+    if std::env::var_os("PROTOC").is_none() {
+        std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    }
+    println!("cargo:rerun-if-changed=proto/raftmesh.proto");
+    tonic_prost_build::configure().compile_protos(&["proto/raftmesh.proto"], &["proto"])?;
+    Ok(())
+}

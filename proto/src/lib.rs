@@ -1,0 +1,232 @@
+//! raftmesh's contracts between crates and between nodes: the generated gRPC
+//! code, the [`Cmd`] enum that is persisted in every Raft log entry, the
+//! openraft [`TypeConfig`], and the errors every layer shares.
+//!
+//! This crate must not depend on RocksDB, axum, or any other raftmesh crate:
+//! everything else depends on it. [`Cmd`] and [`LogEntry`] are stored on disk
+//! forever, so their serde shape is frozen by a golden test; new fields must be
+//! `#[serde(default)]`.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// Generated tonic/prost code for `proto/raftmesh.proto`.
+pub mod pb {
+    tonic::include_proto!("raftmesh.v1");
+}
+
+/// A Raft node id, as given by `--node-id`.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft configuration of raftmesh.
+    pub TypeConfig:
+        D = LogEntry,
+        R = ApplyResult,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// What the cluster stores about each member; kept in the Raft membership so
+/// every node can reach every other one (forwarding, hop) without local config.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Address other nodes dial for gRPC.
+    pub grpc_addr: String,
+    /// Address clients use for the HTTP gateway.
+    #[serde(default)]
+    pub http_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grpc={} http={}", self.grpc_addr, self.http_addr)
+    }
+}
+
+/// The application payload of one Raft log entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    /// Wall-clock milliseconds stamped by the leader when it proposed the
+    /// entry; apply reads time only from here, so every node agrees on it.
+    pub time_ms: u64,
+    pub cmd: Cmd,
+}
+
+impl fmt::Display for LogEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}@{}", self.cmd, self.time_ms)
+    }
+}
+
+/// A replicated write. Values are JSON text, validated and compacted by the
+/// gateway once, so apply never re-parses a value it only stores.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Cmd {
+    /// pm3 `PUT /kv/:key`; with `if_revision` the write happens only if the
+    /// key's revision equals it (0 = key absent).
+    KvPut {
+        key: String,
+        value: String,
+        #[serde(default)]
+        if_revision: Option<u64>,
+    },
+    /// pm3 `DELETE /kv/:key`; deleting a missing key is not an error.
+    KvDelete { key: String },
+    /// pm3 `POST /kv/:key/cas`: compare with deep JSON equality at apply
+    /// time, so the check and the write are one atomic step.
+    KvCas {
+        key: String,
+        expected: String,
+        desired: String,
+    },
+}
+
+/// What applying one entry produced; returned to the client that proposed it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ApplyResult {
+    /// Blank and membership entries.
+    #[default]
+    None,
+    /// The key now holds the written value at `revision`.
+    Written { revision: u64 },
+    /// A conditional put found another revision; nothing changed.
+    RevisionMismatch { current: u64 },
+    Deleted,
+    /// Outcome of a CAS. On success `value` is the desired value and `diff`
+    /// is empty; on failure `value` is the current value and `diff` an RFC
+    /// 6902 patch (JSON text) turning `expected` into it.
+    Cas {
+        ok: bool,
+        revision: u64,
+        value: String,
+        diff: String,
+    },
+}
+
+/// A stored KV record as readers see it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct KvEntry {
+    /// Log index of the entry that last wrote the key.
+    pub revision: u64,
+    /// Compact JSON text.
+    pub value: String,
+}
+
+/// A request a follower sends its leader over `RaftService.Forward`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ForwardOp {
+    /// Propose this command; the leader stamps the time.
+    Write { cmd: Cmd },
+    /// Confirm leadership and return the index a linearizable read must wait for.
+    ReadIndex,
+    AddLearner { node_id: NodeId, node: NodeInfo },
+    ChangeMembership { voters: Vec<NodeId> },
+}
+
+/// The leader's answer to a [`ForwardOp`].
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ForwardReplyBody {
+    Written { index: u64, result: ApplyResult },
+    ReadIndex { index: u64 },
+    Done { index: u64 },
+}
+
+/// Cluster-level failures, shared by the node (which produces them) and the
+/// gateway (which maps them to HTTP statuses in one place).
+#[derive(thiserror::Error, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum ClusterError {
+    /// No leader could be reached; nothing was sent, retrying is safe.
+    #[error("no leader available: {0}")]
+    NoLeader(String),
+    /// The request reached a node that is not leader and could not be passed
+    /// on; nothing was applied.
+    #[error("not leader (leader hint: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The write was sent but its outcome was not learned (timeout, leader
+    /// lost mid-flight). It may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The node is not able to serve yet (e.g. still catching up).
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// The request is invalid for the cluster (e.g. membership rules).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Local storage or an invariant failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The persisted shape of log entries. Changing any of these strings
+    /// breaks every existing data directory: add fields with
+    /// `#[serde(default)]` instead.
+    #[test]
+    fn golden_log_entry_serde() {
+        let cases = [
+            (
+                Cmd::KvPut {
+                    key: "a".into(),
+                    value: "1".into(),
+                    if_revision: Some(3),
+                },
+                r#"{"time_ms":7,"cmd":{"op":"kv_put","key":"a","value":"1","if_revision":3}}"#,
+            ),
+            (
+                Cmd::KvDelete { key: "a".into() },
+                r#"{"time_ms":7,"cmd":{"op":"kv_delete","key":"a"}}"#,
+            ),
+            (
+                Cmd::KvCas {
+                    key: "a".into(),
+                    expected: "null".into(),
+                    desired: "{\"x\":1}".into(),
+                },
+                r#"{"time_ms":7,"cmd":{"op":"kv_cas","key":"a","expected":"null","desired":"{\"x\":1}"}}"#,
+            ),
+        ];
+        for (cmd, golden) in cases {
+            let entry = LogEntry { time_ms: 7, cmd };
+            assert_eq!(serde_json::to_string(&entry).unwrap(), golden);
+            let back: LogEntry = serde_json::from_str(golden).unwrap();
+            assert_eq!(back, entry);
+        }
+    }
+
+    /// Entries written before `if_revision` existed still decode.
+    #[test]
+    fn old_put_without_if_revision_decodes() {
+        let e: LogEntry =
+            serde_json::from_str(r#"{"time_ms":1,"cmd":{"op":"kv_put","key":"k","value":"2"}}"#)
+                .unwrap();
+        assert_eq!(
+            e.cmd,
+            Cmd::KvPut {
+                key: "k".into(),
+                value: "2".into(),
+                if_revision: None
+            }
+        );
+    }
+
+    #[test]
+    fn cluster_error_roundtrips_for_forwarding() {
+        let e = ClusterError::NotLeader { leader: Some(2) };
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterError>(&s).unwrap(), e);
+    }
+}

@@ -1,0 +1,112 @@
+//! raftmesh's durable storage: the Raft log and the replicated state machine,
+//! both in one RocksDB database, and the deterministic apply logic.
+//!
+//! This crate must not depend on tonic, axum or the node: it only knows the
+//! shared contracts in `raftmesh-proto`. Everything here is reached through
+//! openraft's storage-v2 traits ([`LogStore`], [`StateMachine`]) plus a
+//! read-only [`StoreReader`] the node uses to serve local reads.
+//!
+//! Durability rule: every log append, vote, committed index, truncate, purge
+//! and snapshot install is a synced RocksDB write (WAL fsync). State-machine
+//! applies are not synced on their own: they share the WAL with the log, so
+//! the next synced write covers them, and after a crash openraft re-applies
+//! the committed log tail from `last_applied`.
+
+mod kv;
+mod log_store;
+mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::{AnyError, StorageError, StorageIOError};
+use raftmesh_proto::{KvEntry, NodeId};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+pub use log_store::LogStore;
+pub use state_machine::{StateMachine, StateMachineMetrics};
+
+/// Raft log entries, keyed by big-endian index so iteration is in log order.
+const CF_LOGS: &str = "logs";
+/// Vote, committed log id, last purged log id.
+const CF_RAFT_META: &str = "raft_meta";
+/// Replicated application data; every key starts with an API prefix
+/// (`k/` for pm3 KV) so snapshots dump and install one column family.
+const CF_SM: &str = "sm";
+/// last_applied, membership, and the current snapshot.
+const CF_SM_META: &str = "sm_meta";
+
+/// Failures of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("decoding stored data: {0}")]
+    Codec(#[from] serde_json::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    fn read(self) -> StorageError<NodeId> {
+        StorageIOError::read(AnyError::new(&self)).into()
+    }
+    fn write(self) -> StorageError<NodeId> {
+        StorageIOError::write(AnyError::new(&self)).into()
+    }
+}
+
+/// Opens (or creates) the store in `dir` and returns the two openraft halves
+/// and a reader for local queries; all share one RocksDB handle.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOGS, CF_RAFT_META, CF_SM, CF_SM_META]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
+    let reader = StoreReader { db: db.clone() };
+    let sm = StateMachine::new(db.clone())?;
+    Ok((LogStore::new(db), sm, reader))
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column family is created at open")
+}
+
+/// Read-only access to the applied state, for serving reads locally. Reads see
+/// whole apply batches: apply writes data and `last_applied` atomically.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<DB>,
+}
+
+impl StoreReader {
+    /// The pm3 KV record of `key`, if live.
+    pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        let raw = self.db.get_cf(cf(&self.db, CF_SM), kv::data_key(key))?;
+        raw.map(|v| kv::decode(&v)).transpose()
+    }
+
+    /// Live pm3 keys starting with `prefix`, in byte order.
+    pub fn kv_list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let start = kv::data_key(prefix);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_SM),
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            let key = std::str::from_utf8(&k[kv::PREFIX.len()..])
+                .map_err(|e| StoreError::Corrupt(format!("non-utf8 key: {e}")))?;
+            out.push(key.to_string());
+        }
+        Ok(out)
+    }
+}

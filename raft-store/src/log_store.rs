@@ -1,0 +1,208 @@
+//! The Raft log in RocksDB (openraft `RaftLogStorage`).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
+use raftmesh_proto::{NodeId, TypeConfig};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{cf, StoreError, CF_LOGS, CF_RAFT_META};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+fn idx_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+/// Log storage. Cheap to clone: openraft takes clones as log readers.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        let raw = self.db.get_cf(cf(&self.db, CF_RAFT_META), key)?;
+        Ok(raw.map(|v| serde_json::from_slice(&v)).transpose()?)
+    }
+
+    /// Meta writes are synced: a vote or commit point must survive a crash
+    /// before openraft acts on it.
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(value)?;
+        self.db
+            .put_cf_opt(cf(&self.db, CF_RAFT_META), key, v, &synced())?;
+        Ok(())
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, v) = item?;
+                let e: Entry<TypeConfig> = serde_json::from_slice(&v)?;
+                Ok(Some(e.log_id))
+            }
+        }
+    }
+
+    fn read_range(
+        &self,
+        start: u64,
+        end_exclusive: Option<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let mut out = Vec::new();
+        let from = idx_key(start);
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_LOGS),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            let idx = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("log key is not 8 bytes".into()))?,
+            );
+            if end_exclusive.is_some_and(|end| idx >= end) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Some(e + 1),
+            Bound::Excluded(&e) => Some(e),
+            Bound::Unbounded => None,
+        };
+        self.read_range(start, end).map_err(StoreError::read)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged: Option<LogId<NodeId>> =
+            self.get_meta(KEY_LAST_PURGED).map_err(StoreError::read)?;
+        let last = self.last_log_id().map_err(StoreError::read)?;
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.put_meta(KEY_VOTE, vote).map_err(StoreError::write)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.get_meta(KEY_VOTE).map_err(StoreError::read)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.put_meta(KEY_COMMITTED, &committed)
+            .map_err(StoreError::write)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)
+            .map_err(StoreError::read)?
+            .flatten())
+    }
+
+    /// One `WriteBatch` and one WAL fsync per append call; openraft hands us
+    /// everything it has buffered, so a burst of client writes costs one sync.
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let logs = cf(&self.db, CF_LOGS);
+        for e in entries {
+            let v = serde_json::to_vec(&e)
+                .map_err(|err| StoreError::from(err).write())?;
+            batch.put_cf(logs, idx_key(e.log_id.index), v);
+        }
+        let res = self.db.write_opt(batch, &synced());
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StoreError::from(e).write())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOGS),
+            idx_key(log_id.index),
+            idx_key(u64::MAX),
+        );
+        // delete_range's end is exclusive; u64::MAX is never a real index.
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(|e| StoreError::from(e).write())
+    }
+
+    /// Records the purge point and drops the entries in one synced batch, so
+    /// a crash never leaves a log whose start is unknown.
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut batch = WriteBatch::default();
+        let v = serde_json::to_vec(&log_id).map_err(|e| StoreError::from(e).write())?;
+        batch.put_cf(cf(&self.db, CF_RAFT_META), KEY_LAST_PURGED, v);
+        batch.delete_range_cf(cf(&self.db, CF_LOGS), idx_key(0), idx_key(log_id.index + 1));
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(|e| StoreError::from(e).write())
+    }
+}
