@@ -1,0 +1,272 @@
+//! Node configuration: embedded defaults, an optional TOML file, then
+//! `RAFTMESH_*` environment variables and flags (clap merges the last two).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+/// Everything a node needs to run. Each field says why it exists by its doc.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's Raft id; unique and stable for the node's lifetime.
+    pub node_id: u64,
+    /// RocksDB directory for the log and the state machine.
+    pub data_dir: PathBuf,
+    /// Where the HTTP gateway listens.
+    pub http_addr: String,
+    /// Where the inter-node gRPC service listens.
+    pub grpc_addr: String,
+    /// The gRPC address peers should dial, when it differs from the bind
+    /// address (containers, StatefulSets).
+    pub advertise_grpc: Option<String>,
+    /// The HTTP address clients should use, advertised in membership.
+    pub advertise_http: Option<String>,
+    /// Initial cluster: `ID=HOST:PORT` gRPC addresses, this node included.
+    /// Empty means a single self-initialized node.
+    pub peers: Vec<String>,
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Election timeout range; a follower that hears no leader for a random
+    /// time in it starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries were applied since the last.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind the snapshot before purging, so a briefly
+    /// lagging follower catches up from the log rather than a snapshot.
+    pub keep_logs: u64,
+    /// Largest pm3 key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes of compact JSON.
+    pub max_value_bytes: usize,
+    /// How long a write waits for its commit before answering "outcome unknown".
+    pub write_timeout_ms: u64,
+    /// How long a request waits for a leader to exist before answering 503.
+    pub leader_wait_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("./raftmesh-data"),
+            http_addr: "127.0.0.1:8080".into(),
+            grpc_addr: "127.0.0.1:7080".into(),
+            advertise_grpc: None,
+            advertise_http: None,
+            peers: Vec::new(),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_logs: 10_000,
+            keep_logs: 1_000,
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            write_timeout_ms: 5_000,
+            leader_wait_ms: 3_000,
+        }
+    }
+}
+
+impl Config {
+    /// Rejects configurations that would run but misbehave.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("node-id must be > 0 (0 means \"no leader\" on the wire)");
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
+            bail!("election-timeout-min-ms must be greater than heartbeat-ms (> 0)");
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            bail!("election-timeout-max-ms must be greater than election-timeout-min-ms");
+        }
+        if self.snapshot_logs == 0 {
+            bail!("snapshot-logs must be > 0");
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
+            bail!("max-key-bytes and max-value-bytes must be > 0");
+        }
+        if self.write_timeout_ms == 0 || self.leader_wait_ms == 0 {
+            bail!("write-timeout-ms and leader-wait-ms must be > 0");
+        }
+        let peers = self.peer_map()?;
+        if !peers.is_empty() && !peers.contains_key(&self.node_id) {
+            bail!(
+                "--peer lists ids {:?} but not this node's id {}",
+                peers.keys().collect::<Vec<_>>(),
+                self.node_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Parsed `--peer` list, id → gRPC address.
+    pub fn peer_map(&self) -> anyhow::Result<BTreeMap<u64, String>> {
+        let mut out = BTreeMap::new();
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("peer {p:?} is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("peer {p:?}: id is not a number"))?;
+            if addr.trim().is_empty() || !addr.contains(':') {
+                bail!("peer {p:?}: address must be HOST:PORT");
+            }
+            if out.insert(id, addr.trim().to_string()).is_some() {
+                bail!("peer id {id} listed twice");
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn grpc_advertised(&self) -> String {
+        self.advertise_grpc
+            .clone()
+            .unwrap_or_else(|| self.grpc_addr.clone())
+    }
+
+    pub fn http_advertised(&self) -> String {
+        self.advertise_http
+            .clone()
+            .unwrap_or_else(|| self.http_addr.clone())
+    }
+}
+
+/// `raftmesh serve` flags. Every flag is optional so that an unset flag
+/// leaves the file's or the default value in place.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "RAFTMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "RAFTMESH_NODE_ID")]
+    pub node_id: Option<u64>,
+    #[arg(long, env = "RAFTMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "RAFTMESH_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    #[arg(long, env = "RAFTMESH_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
+    #[arg(long, env = "RAFTMESH_ADVERTISE_GRPC")]
+    pub advertise_grpc: Option<String>,
+    #[arg(long, env = "RAFTMESH_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    /// ID=HOST:PORT of a cluster member's gRPC address; repeat per member.
+    /// In the environment: RAFTMESH_PEERS, comma-separated.
+    #[arg(long = "peer", env = "RAFTMESH_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    #[arg(long, env = "RAFTMESH_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    #[arg(long, env = "RAFTMESH_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "RAFTMESH_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    #[arg(long, env = "RAFTMESH_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    #[arg(long, env = "RAFTMESH_KEEP_LOGS")]
+    pub keep_logs: Option<u64>,
+    #[arg(long, env = "RAFTMESH_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+    #[arg(long, env = "RAFTMESH_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    #[arg(long, env = "RAFTMESH_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    #[arg(long, env = "RAFTMESH_LEADER_WAIT_MS")]
+    pub leader_wait_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then env/flags; validated.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => {$(
+                if let Some(v) = &self.$f { c.$f = v.clone(); }
+            )*};
+        }
+        set!(
+            node_id,
+            data_dir,
+            http_addr,
+            grpc_addr,
+            heartbeat_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            snapshot_logs,
+            keep_logs,
+            max_key_bytes,
+            max_value_bytes,
+            write_timeout_ms,
+            leader_wait_ms
+        );
+        if self.advertise_grpc.is_some() {
+            c.advertise_grpc = self.advertise_grpc.clone();
+        }
+        if self.advertise_http.is_some() {
+            c.advertise_http = self.advertise_http.clone();
+        }
+        if !self.peers.is_empty() {
+            c.peers = self.peers.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_single_node() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.peer_map().unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_then_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raftmesh.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\nhttp_addr = \"0.0.0.0:9000\"\npeers = [\"1=a:1\", \"2=b:2\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            http_addr: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.http_addr, "127.0.0.1:1");
+        assert_eq!(c.peer_map().unwrap().get(&1).unwrap(), "a:1");
+    }
+
+    #[test]
+    fn bad_configs_are_named() {
+        let bad = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|c| c.node_id = 0).contains("node-id"));
+        assert!(bad(|c| c.peers = vec!["2=x:1".into()]).contains("not this node"));
+        assert!(bad(|c| c.peers = vec!["1-x:1".into()]).contains("ID=HOST:PORT"));
+        assert!(bad(|c| c.election_timeout_max_ms = 10).contains("election"));
+    }
+}

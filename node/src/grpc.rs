@@ -1,0 +1,103 @@
+//! The server side of inter-node gRPC: `RaftService`.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::{Snapshot, SnapshotMeta, Vote};
+use raftmesh_proto::pb::raft_service_server::RaftService;
+use raftmesh_proto::pb::{
+    ForwardReply, ForwardRequest, RaftPayload, SnapshotChunk, StatusReply, StatusRequest,
+};
+use raftmesh_proto::{ClusterError, ForwardOp, NodeId, NodeInfo};
+use serde::Serialize;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::Node;
+
+pub struct Service {
+    pub node: Arc<Node>,
+}
+
+fn bad_request(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{what}: {e}"))
+}
+
+/// A Raft result as a payload: openraft errors travel inside the reply so
+/// the caller can tell a remote Raft error from a transport failure.
+fn payload<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
+    let encode = |v: Result<Vec<u8>, serde_json::Error>| v.map_err(|e| Status::internal(e.to_string()));
+    Ok(Response::new(match r {
+        Ok(v) => RaftPayload {
+            data: encode(serde_json::to_vec(&v))?,
+            error: Vec::new(),
+        },
+        Err(e) => RaftPayload {
+            data: Vec::new(),
+            error: encode(serde_json::to_vec(&e))?,
+        },
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftService for Service {
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = serde_json::from_slice(&req.into_inner().data)
+            .map_err(|e| bad_request("vote request", e))?;
+        payload(self.node.raft.vote(rpc).await)
+    }
+
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = serde_json::from_slice(&req.into_inner().data)
+            .map_err(|e| bad_request("append-entries request", e))?;
+        payload(self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let mut header: Option<(Vote<NodeId>, SnapshotMeta<NodeId, NodeInfo>)> = None;
+        let mut data = Vec::new();
+        let mut done = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if header.is_none() {
+                header = Some(
+                    serde_json::from_slice(&chunk.header)
+                        .map_err(|e| bad_request("snapshot header", e))?,
+                );
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                done = true;
+                break;
+            }
+        }
+        let (Some((vote, meta)), true) = (header, done) else {
+            return Err(Status::aborted("snapshot stream ended before its last chunk"));
+        };
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
+        payload(self.node.raft.install_full_snapshot(vote, snapshot).await)
+    }
+
+    async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+        let req = req.into_inner();
+        let op: ForwardOp =
+            serde_json::from_slice(&req.op).map_err(|e| bad_request("forward op", e))?;
+        let result: Result<_, ClusterError> = self.node.route(op, req.hops).await;
+        let bytes = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ForwardReply { result: bytes }))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(self.node.status_reply().await))
+    }
+}

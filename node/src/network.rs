@@ -1,0 +1,229 @@
+//! The client side of inter-node gRPC: openraft's network and the
+//! forwarding / status calls, over one reused channel per peer address.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{Snapshot, Vote};
+use raftmesh_proto::pb::raft_service_client::RaftServiceClient;
+use raftmesh_proto::pb::{self, RaftPayload, SnapshotChunk};
+use raftmesh_proto::{NodeId, NodeInfo, TypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+/// Snapshot bytes per streamed chunk.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// gRPC message size limit; entries carry values up to the configured max.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// One lazily connected channel per address, shared by Raft replication and
+/// forwarding. tonic reconnects a broken channel on the next call.
+#[derive(Clone, Default)]
+pub struct Channels {
+    inner: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, tonic::Status> {
+        let mut map = self.inner.lock().expect("channel map poisoned");
+        let ch = match map.get(addr) {
+            Some(ch) => ch.clone(),
+            None => {
+                let ep = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr}: {e}")))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                // Lazy: a peer whose DNS name does not resolve yet is retried
+                // on every call instead of failing startup.
+                let ch = ep.connect_lazy();
+                map.insert(addr.to_string(), ch.clone());
+                ch
+            }
+        };
+        Ok(RaftServiceClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}
+
+/// True when the call certainly never reached the peer (no connection could
+/// be made), so nothing was sent and a retry elsewhere is safe.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let text = format!("{status:?}").to_ascii_lowercase();
+    ["tcp connect error", "connection refused", "dns error", "failed to lookup"]
+        .iter()
+        .any(|s| text.contains(s))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("openraft messages serialize")
+}
+
+pub struct NetworkFactory {
+    pub channels: Channels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerNetwork {
+            target,
+            addr: node.grpc_addr.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerNetwork {
+    target: NodeId,
+    addr: String,
+    channels: Channels,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
+
+impl PeerNetwork {
+    fn map_status<E: std::error::Error>(&self, s: tonic::Status) -> RpcErr<E> {
+        if never_sent(&s) {
+            RPCError::Unreachable(Unreachable::new(&s))
+        } else {
+            RPCError::Network(NetworkError::new(&s))
+        }
+    }
+
+    async fn unary<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Resp, RpcErr>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let client = self.channels.client(&self.addr).map_err(|s| self.map_status(s))?;
+        let mut request = tonic::Request::new(RaftPayload {
+            data: encode(req),
+            error: Vec::new(),
+        });
+        request.set_timeout(ttl);
+        let reply = call(client, request)
+            .await
+            .map_err(|s| self.map_status(s))?
+            .into_inner();
+        if !reply.error.is_empty() {
+            let err: RaftError<NodeId> = serde_json::from_slice(&reply.error)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            return Err(RPCError::RemoteError(RemoteError::new(self.target, err)));
+        }
+        serde_json::from_slice(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    /// Streams the snapshot in chunks over one client-streaming call; the
+    /// receiver installs it only after the last chunk arrived.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let header = encode(&(vote, snapshot.meta.clone()));
+        let data = snapshot.snapshot.into_inner();
+        let mut chunks: Vec<SnapshotChunk> = data
+            .chunks(SNAPSHOT_CHUNK)
+            .map(|c| SnapshotChunk {
+                header: Vec::new(),
+                data: c.to_vec(),
+                done: false,
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(SnapshotChunk::default());
+        }
+        chunks[0].header = header;
+        chunks.last_mut().expect("non-empty").done = true;
+
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|s| StreamingError::Unreachable(Unreachable::new(&s)))?;
+        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        request.set_timeout(option.hard_ttl().max(Duration::from_secs(30)));
+        let send = client.install_snapshot(request);
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send => r,
+        };
+        let reply = reply
+            .map_err(|s| {
+                if never_sent(&s) {
+                    StreamingError::Unreachable(Unreachable::new(&s))
+                } else {
+                    StreamingError::Network(NetworkError::new(&s))
+                }
+            })?
+            .into_inner();
+        if !reply.error.is_empty() {
+            let err: Fatal<NodeId> = serde_json::from_slice(&reply.error)
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            return Err(StreamingError::RemoteError(RemoteError::new(self.target, err)));
+        }
+        serde_json::from_slice(&reply.data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+
+    /// Exponential backoff for an unreachable peer, capped so a restarted
+    /// node is found again within a couple of seconds.
+    fn backoff(&self) -> Backoff {
+        Backoff::new((0..).map(|i: u32| Duration::from_millis((50u64 << i.min(5)).min(2_000))))
+    }
+}
+
+/// Asks a peer who it is (bootstrap).
+pub async fn status(
+    channels: &Channels,
+    addr: &str,
+    timeout: Duration,
+) -> Result<pb::StatusReply, tonic::Status> {
+    let mut client = channels.client(addr)?;
+    let mut req = tonic::Request::new(pb::StatusRequest {});
+    req.set_timeout(timeout);
+    Ok(client.status(req).await?.into_inner())
+}
