@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (the default, on embedded defaults, when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect or change cluster membership through a node's gateway.
     Cluster {
         /// Gateway URL of any member.
@@ -71,9 +71,9 @@ fn main() -> anyhow::Result<()> {
             else {
                 unreachable!("serve parses")
             };
-            rt.block_on(serve(args))
+            rt.block_on(serve(*args))
         }
-        Some(Command::Serve(args)) => rt.block_on(serve(args)),
+        Some(Command::Serve(args)) => rt.block_on(serve(*args)),
         Some(Command::Cluster { endpoint, op }) => rt.block_on(cluster(endpoint, op)),
     }
 }

@@ -796,6 +796,8 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         good.insert(key.to_string(), (rev, v));
     }
 
+    // Every violation is collected so one run reports all of them.
+    let mut bad: Vec<String> = Vec::new();
     let put_body = serde_json::to_vec(&json!({"value": 1})).unwrap();
     let long_bad = "k".repeat(1025);
     for node in [leader, follower] {
@@ -809,42 +811,20 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         ] {
             let r = c
                 .raw(node, reqwest::Method::PUT, &path, Some(put_body.clone()))
-                .await
-                .unwrap_or_else(|e| panic!("PUT {path}: {e:?}"));
-            assert_eq!(r.status, 400, "PUT {path} on node {node}: {r:?}");
-            r.error_message();
-            assert_eq!(r.served_by(), node, "headers on error responses too");
-            let r = c
-                .raw(node, reqwest::Method::GET, &path, None)
-                .await
-                .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
-            assert_eq!(r.status, 400, "GET {path} on node {node}: {r:?}");
-            r.error_message();
+                .await;
+            expect_error(&mut bad, node, &format!("PUT {path}"), r, 400);
+            let r = c.raw(node, reqwest::Method::GET, &path, None).await;
+            expect_error(&mut bad, node, &format!("GET {path}"), r, 400);
+            let r = c.raw(node, reqwest::Method::DELETE, &path, None).await;
+            expect_error(&mut bad, node, &format!("DELETE {path}"), r, 400);
         }
 
-        // Invalid JSON bodies.
-        for body in [&b"{\"value\":"[..], b"not json", b"", b"[1,2]"] {
-            let r = c
-                .raw(node, reqwest::Method::PUT, "/kv/a", Some(body.to_vec()))
-                .await
-                .unwrap_or_else(|e| panic!("PUT /kv/a: {e:?}"));
-            assert_eq!(
-                r.status,
-                400,
-                "PUT /kv/a with body {:?} on node {node}: {r:?}",
-                String::from_utf8_lossy(body)
-            );
-            r.error_message();
-        }
-
-        // Too large a value, on a new and an existing key.
+        // Too large a value, on a new and an existing key, and in a CAS.
         for key in ["big", "a"] {
             let r = c
                 .put_once(node, key, &json!({ "value": "z".repeat(2000) }))
-                .await
-                .unwrap_or_else(|e| panic!("PUT big: {e:?}"));
-            assert_eq!(r.status, 413, "oversized PUT {key} on node {node}: {r:?}");
-            r.error_message();
+                .await;
+            expect_error(&mut bad, node, &format!("oversized PUT {key}"), r, 413);
         }
         let r = c
             .cas_once(
@@ -852,45 +832,60 @@ async fn bad_input_is_rejected_and_changes_nothing() {
                 "big",
                 &json!({"expected": null, "desired": "z".repeat(2000)}),
             )
-            .await
-            .unwrap_or_else(|e| panic!("CAS big: {e:?}"));
-        assert_eq!(r.status, 413, "oversized CAS on node {node}: {r:?}");
+            .await;
+        expect_error(&mut bad, node, "oversized CAS big", r, 413);
 
-        // Wrong revision → 409 with the current one.
-        let (cur, _) = good["a"].clone();
+        // Wrong revision → 409 with the current one (read fresh, so an
+        // earlier violation does not cascade; the final check catches it).
+        let cur = c.get(node, "a", false).await.0.revision;
         for wrong in [cur + 1000, cur - 1, 0] {
             let r = c
                 .put_once(node, "a", &json!({"value": 99, "revision": wrong}))
-                .await
-                .unwrap_or_else(|e| panic!("PUT a: {e:?}"));
-            assert_eq!(
-                r.status, 409,
-                "PUT a with revision {wrong} (current {cur}): {r:?}"
-            );
-            r.error_message();
-            assert_eq!(
-                r.body["revision"].as_u64(),
-                Some(cur),
-                "409 must carry the current revision: {r:?}"
-            );
+                .await;
+            let what = format!("PUT a with revision {wrong} (current {cur})");
+            if let Some(r) = expect_error(&mut bad, node, &what, r, 409) {
+                if r.body["revision"].as_u64() != Some(cur) {
+                    bad.push(format!(
+                        "node {node}: {what}: 409 body must carry revision {cur}: {}",
+                        r.text
+                    ));
+                }
+            }
         }
-        // Conditional create of an existing key is a mismatch too; of a
-        // missing key with a non-zero revision as well.
+        // A conditional PUT of a missing key with a non-zero revision.
         let r = c
             .put_once(node, "nope", &json!({"value": 1, "revision": 5}))
-            .await
-            .unwrap_or_else(|e| panic!("PUT nope: {e:?}"));
-        assert_eq!(r.status, 409, "conditional PUT of a missing key: {r:?}");
-        assert_eq!(r.body["revision"].as_u64(), Some(0), "{r:?}");
+            .await;
+        let what = "PUT nope (missing) with revision 5";
+        if let Some(r) = expect_error(&mut bad, node, what, r, 409) {
+            if r.body["revision"].as_u64() != Some(0) {
+                bad.push(format!(
+                    "node {node}: {what}: 409 body must carry revision 0: {}",
+                    r.text
+                ));
+            }
+        }
 
-        // CAS with missing fields / bad JSON.
-        for body in [json!({"expected": 1}), json!({"desired": 2}), json!({})] {
+        // Invalid JSON, and JSON that is not a `{"value": V}` object.
+        for body in [
+            &b"{\"value\":"[..],
+            b"not json",
+            b"",
+            b"{\"valu\": 1}",
+            b"[1,2]",
+            b"[1]",
+        ] {
             let r = c
-                .cas_once(node, "a", &body)
-                .await
-                .unwrap_or_else(|e| panic!("CAS a: {e:?}"));
-            assert_eq!(r.status, 400, "CAS a with {body} on node {node}: {r:?}");
-            r.error_message();
+                .raw(node, reqwest::Method::PUT, "/kv/a", Some(body.to_vec()))
+                .await;
+            let what = format!("PUT /kv/a body {:?}", String::from_utf8_lossy(body));
+            expect_error(&mut bad, node, &what, r, 400);
+        }
+
+        // CAS with missing fields / bad JSON / bad key.
+        for body in [json!({"expected": 1}), json!({"desired": 2}), json!({})] {
+            let r = c.cas_once(node, "a", &body).await;
+            expect_error(&mut bad, node, &format!("CAS a with {body}"), r, 400);
         }
         let r = c
             .raw(
@@ -899,9 +894,8 @@ async fn bad_input_is_rejected_and_changes_nothing() {
                 "/kv/a/cas",
                 Some(b"{oops".to_vec()),
             )
-            .await
-            .unwrap_or_else(|e| panic!("CAS a: {e:?}"));
-        assert_eq!(r.status, 400, "CAS with invalid JSON on node {node}: {r:?}");
+            .await;
+        expect_error(&mut bad, node, "CAS a with invalid JSON", r, 400);
         let r = c
             .raw(
                 node,
@@ -909,33 +903,36 @@ async fn bad_input_is_rejected_and_changes_nothing() {
                 "/kv/.bad/cas",
                 Some(serde_json::to_vec(&json!({"expected": null, "desired": 1})).unwrap()),
             )
-            .await
-            .unwrap_or_else(|e| panic!("CAS .bad: {e:?}"));
-        assert_eq!(r.status, 400, "CAS on a bad key on node {node}: {r:?}");
-        // DELETE of a bad key.
-        let r = c
-            .raw(node, reqwest::Method::DELETE, "/kv/.hidden", None)
-            .await
-            .unwrap_or_else(|e| panic!("DELETE .hidden: {e:?}"));
-        assert_eq!(r.status, 400, "DELETE of a bad key on node {node}: {r:?}");
+            .await;
+        expect_error(&mut bad, node, "CAS on key .bad", r, 400);
     }
 
     // Nothing changed, as seen from every node.
     let keys: Vec<String> = good.keys().cloned().collect();
     for id in c.ids() {
-        assert_eq!(c.list(id).await, keys, "GET /kv on node {id}");
+        let listed = c.list(id).await;
+        if listed != keys {
+            bad.push(format!("GET /kv on node {id}: {listed:?}, want {keys:?}"));
+        }
         for (key, (rev, v)) in &good {
             let (r, _) = c.get(id, key, false).await;
-            assert_eq!(
-                r,
-                KvRead {
-                    revision: *rev,
-                    value: v.clone()
-                },
-                "{key} on node {id} after the rejected requests"
-            );
+            let want = KvRead {
+                revision: *rev,
+                value: v.clone(),
+            };
+            if r != want {
+                bad.push(format!(
+                    "key {key} on node {id} changed by rejected requests: {r:?}, want {want:?}"
+                ));
+            }
         }
     }
+    assert!(
+        bad.is_empty(),
+        "{} violations:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 
     // A correct conditional PUT still works afterwards.
     let (cur, _) = good["a"].clone();
@@ -945,4 +942,49 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         .revision()
         .unwrap_or_else(|| panic!("conditional PUT with the right revision: {out:?} {resp:?}"));
     assert!(rev > cur);
+}
+
+/// Check an error answer: the status, a `{"error": "<non-empty>"}` body and
+/// the Raft headers naming the node. Violations go to `bad`. Returns the
+/// response when the status matched.
+fn expect_error(
+    bad: &mut Vec<String>,
+    node: NodeId,
+    what: &str,
+    r: Result<Resp, SendError>,
+    status: u16,
+) -> Option<Resp> {
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            bad.push(format!("node {node}: {what}: request failed: {e:?}"));
+            return None;
+        }
+    };
+    if r.status != status {
+        bad.push(format!(
+            "node {node}: {what}: status {} (want {status}), body {}",
+            r.status, r.text
+        ));
+        return None;
+    }
+    if !r.body["error"]
+        .as_str()
+        .is_some_and(|m| !m.trim().is_empty())
+    {
+        bad.push(format!(
+            "node {node}: {what}: body is not {{\"error\": \"...\"}}: {}",
+            r.text
+        ));
+    }
+    if r.header("x-served-by").as_deref() != Some(node.to_string().as_str())
+        || r.header("x-raft-leader").is_none()
+        || r.header("x-raft-term").is_none()
+    {
+        bad.push(format!(
+            "node {node}: {what}: missing X-Raft-*/X-Served-By headers: {:?}",
+            r.headers
+        ));
+    }
+    Some(r)
 }

@@ -158,7 +158,10 @@ fn push_pair(out: &mut Vec<u8>, k: &[u8], v: &[u8]) {
     out.extend_from_slice(v);
 }
 
-fn read_pairs(mut data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, StoreError> {
+/// One (key, value) pair of a snapshot body, borrowed from it.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
+fn read_pairs(mut data: &[u8]) -> Result<Vec<Pair<'_>>, StoreError> {
     fn take<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
         if data.len() < 4 {
             return Err(StoreError::Corrupt("snapshot truncated (length)".into()));

@@ -29,6 +29,11 @@ pub const WRITE_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub type NodeId = u64;
 
+/// Log lines longer than this are cut in failure output.
+const MAX_LOG_LINE: usize = 400;
+/// Lines of each node's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
 /// Cluster tests start several processes each with tight Raft timings; on
 /// a 2-core CI box running them in parallel invites spurious elections. One
 /// cluster at a time per test binary.
@@ -123,7 +128,21 @@ impl Node {
         let text = String::from_utf8_lossy(&buf);
         let all: Vec<&str> = text.lines().collect();
         let from = all.len().saturating_sub(lines);
-        all[from..].join("\n")
+        all[from..]
+            .iter()
+            .map(|l| {
+                if l.len() > MAX_LOG_LINE {
+                    let mut end = MAX_LOG_LINE;
+                    while !l.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    format!("{}…", &l[..end])
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -676,7 +695,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("===== raftmesh test failed; node logs follow =====");
-            eprintln!("{}", self.log_tails(80));
+            eprintln!("{}", self.log_tails(LOG_TAIL_LINES));
         }
         for n in self.nodes.values_mut() {
             if let Some(mut c) = n.child.take() {
