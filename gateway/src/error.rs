@@ -1,0 +1,145 @@
+//! The gateway's one error type, and the one place an error becomes an HTTP
+//! status and body, so every route answers the same failure the same way.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use raftmesh_proto::ClusterError;
+
+/// Everything a gateway handler can fail with. The body is always
+/// `{"error": "<text>"}` (plus `"revision"` for [`GatewayError::Conflict`]).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Malformed input: bad key, bad JSON, missing field. 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The route is internal-only and the connection is external. 403.
+    #[error("this route is served to internal connections only")]
+    Forbidden,
+    /// Unknown route (or peer). 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not for this method. 405.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A conditional write found another revision. 409; the body carries
+    /// the current revision so the client can retry without another read.
+    #[error("{message}")]
+    Conflict { message: String, revision: u64 },
+    /// A value or body over the configured limit. 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A failure reported by the cluster; see [`IntoResponse`] for statuses.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A gateway bug or an impossible backend answer. 500.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for GatewayError {
+    /// The single mapping from error to status and body. Cluster errors are
+    /// split by what the client may do next: 503 means nothing was applied
+    /// and a retry is safe; 504 means the write may or may not have been
+    /// applied, so the client must read before retrying a non-idempotent op.
+    fn into_response(self) -> Response {
+        let (status, message, revision) = match self {
+            GatewayError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, None),
+            GatewayError::Forbidden => (StatusCode::FORBIDDEN, self.to_string(), None),
+            GatewayError::NotFound(m) => (StatusCode::NOT_FOUND, m, None),
+            GatewayError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, m, None),
+            GatewayError::Conflict { message, revision } => {
+                (StatusCode::CONFLICT, message, Some(revision))
+            }
+            GatewayError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, None),
+            GatewayError::Internal(m) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error: {m}"),
+                None,
+            ),
+            GatewayError::Cluster(e) => match e {
+                ClusterError::NoLeader(m) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no leader available ({m}); nothing was applied, retrying is safe"),
+                    None,
+                ),
+                ClusterError::NotLeader { leader } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "this node is not the leader and could not pass the request on \
+                         (leader hint: {}); nothing was applied, retrying is safe",
+                        leader.map_or_else(|| "none".to_owned(), |l| l.to_string())
+                    ),
+                    None,
+                ),
+                ClusterError::NotReady(m) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("node not ready ({m}); retrying is safe"),
+                    None,
+                ),
+                ClusterError::Unknown(m) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "outcome unknown ({m}): the request was sent but its result was not \
+                         learned; the write may or may not have been applied, read before retrying"
+                    ),
+                    None,
+                ),
+                ClusterError::Rejected(m) => (
+                    StatusCode::BAD_REQUEST,
+                    format!("rejected by the cluster: {m}"),
+                    None,
+                ),
+                ClusterError::Internal(m) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal error: {m}"),
+                    None,
+                ),
+            },
+        };
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %message, "request failed");
+        }
+        let body = match revision {
+            Some(revision) => serde_json::json!({ "error": message, "revision": revision }),
+            None => serde_json::json!({ "error": message }),
+        };
+        let mut resp = (status, body.to_string()).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(e: GatewayError) -> StatusCode {
+        e.into_response().status()
+    }
+
+    #[test]
+    fn cluster_errors_map_by_what_the_client_may_do() {
+        let cases = [
+            (ClusterError::NoLeader("x".into()), 503),
+            (ClusterError::NotLeader { leader: Some(2) }, 503),
+            (ClusterError::NotReady("x".into()), 503),
+            (ClusterError::Unknown("x".into()), 504),
+            (ClusterError::Rejected("x".into()), 400),
+            (ClusterError::Internal("x".into()), 500),
+        ];
+        for (e, code) in cases {
+            assert_eq!(
+                status_of(GatewayError::Cluster(e.clone())).as_u16(),
+                code,
+                "{e:?}"
+            );
+        }
+    }
+}

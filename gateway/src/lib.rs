@@ -1,0 +1,134 @@
+//! raftmesh's HTTP gateway: the axum routes of the compatible APIs (pm3 KV
+//! and CAS today), their JSON shapes, the operations routes, and the
+//! [`Backend`] trait through which all of it reaches the cluster.
+//!
+//! The gateway owns HTTP concerns only: routing, request validation, status
+//! mapping ([`GatewayError`]), the `X-Raft-*` response headers, the
+//! internal/external gate, and request metrics. Replication and storage live
+//! behind [`Backend`], implemented by the node crate, so this crate must not
+//! depend on openraft, RocksDB or tonic directly; it shares only the plain
+//! types of `raftmesh-proto` (`Cmd`, `ApplyResult`, `ClusterError`, ...).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::Router;
+
+mod access;
+pub mod backend;
+pub mod error;
+mod json;
+mod layers;
+pub mod metrics;
+mod ops;
+mod pm3;
+mod query;
+
+pub use backend::{Backend, ClusterStatus, MemberStatus, RaftView, WriteOutcome};
+pub use error::GatewayError;
+
+/// Room for the JSON envelope around a value (`{"value": ..., "revision":
+/// N}`) and for whitespace in a client's formatting; the value itself is
+/// checked exactly, after compaction, against `max_value_bytes`.
+const ENVELOPE_SLACK: usize = 64 * 1024;
+
+/// Limits of the gateway. Body limits derive from these so an oversized
+/// request is refused while it is read, not after it is buffered.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Longest pm3 key, in bytes (spec: 1024).
+    pub max_key_bytes: usize,
+    /// Largest stored value, compact JSON bytes (spec default: 1 MiB).
+    pub max_value_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_key_bytes: 1024,
+            max_value_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Request body limit for routes carrying one value.
+    pub fn body_limit(&self) -> usize {
+        self.max_value_bytes + ENVELOPE_SLACK
+    }
+
+    /// CAS carries two values (`expected` and `desired`), each up to the limit.
+    pub fn cas_body_limit(&self) -> usize {
+        2 * self.max_value_bytes + ENVELOPE_SLACK
+    }
+}
+
+/// What every handler and middleware shares.
+pub(crate) struct AppState<B> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) cfg: Arc<GatewayConfig>,
+    pub(crate) metrics: Arc<metrics::HttpMetrics>,
+}
+
+// Manual impl: a derive would require `B: Clone`.
+impl<B> Clone for AppState<B> {
+    fn clone(&self) -> Self {
+        AppState {
+            backend: self.backend.clone(),
+            cfg: self.cfg.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// All gateway routes. Peer addresses come from `ConnectInfo<SocketAddr>`;
+/// served without it (plain `into_make_service`) every non-public route
+/// answers 403, since the internal gate fails closed. Use [`run`].
+pub fn router<B: Backend>(backend: Arc<B>, cfg: GatewayConfig) -> Router {
+    let state = AppState {
+        backend,
+        metrics: Arc::new(metrics::HttpMetrics::default()),
+        cfg: Arc::new(cfg),
+    };
+    // Layers added later wrap the earlier ones: the Raft headers are
+    // outermost so every answer (403, 404, 413 included) carries them, and
+    // metrics see the final status.
+    Router::new()
+        .merge(pm3::routes::<B>(&state.cfg))
+        .merge(ops::routes::<B>())
+        .fallback(layers::fallback)
+        .method_not_allowed_fallback(layers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.cfg.body_limit()))
+        .layer(from_fn(layers::internal_only))
+        .layer(from_fn(layers::pretty))
+        .layer(from_fn_with_state(
+            state.clone(),
+            layers::record_metrics::<B>,
+        ))
+        .layer(from_fn_with_state(state.clone(), layers::raft_headers::<B>))
+        .with_state(state)
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains
+/// in-flight requests. Taking a bound listener lets callers (and tests) bind
+/// port 0 and learn the address first.
+pub async fn run<B: Backend>(
+    listener: tokio::net::TcpListener,
+    backend: Arc<B>,
+    cfg: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "gateway listening");
+    }
+    let app = router(backend, cfg);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
