@@ -26,7 +26,8 @@ fn bad_request(what: &str, e: impl std::fmt::Display) -> Status {
 /// A Raft result as a payload: openraft errors travel inside the reply so
 /// the caller can tell a remote Raft error from a transport failure.
 fn payload<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
-    let encode = |v: Result<Vec<u8>, serde_json::Error>| v.map_err(|e| Status::internal(e.to_string()));
+    let encode =
+        |v: Result<Vec<u8>, serde_json::Error>| v.map_err(|e| Status::internal(e.to_string()));
     Ok(Response::new(match r {
         Ok(v) => RaftPayload {
             data: encode(serde_json::to_vec(&v))?,
@@ -79,7 +80,9 @@ impl RaftService for Service {
             }
         }
         let (Some((vote, meta)), true) = (header, done) else {
-            return Err(Status::aborted("snapshot stream ended before its last chunk"));
+            return Err(Status::aborted(
+                "snapshot stream ended before its last chunk",
+            ));
         };
         let snapshot = Snapshot {
             meta,
@@ -88,7 +91,10 @@ impl RaftService for Service {
         payload(self.node.raft.install_full_snapshot(vote, snapshot).await)
     }
 
-    async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+    async fn forward(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
         let req = req.into_inner();
         let op: ForwardOp =
             serde_json::from_slice(&req.op).map_err(|e| bad_request("forward op", e))?;

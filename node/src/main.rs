@@ -8,7 +8,6 @@ mod grpc;
 mod network;
 mod node;
 
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raftmesh_proto::pb::raft_service_server::RaftServiceServer;
@@ -18,7 +17,11 @@ use crate::config::ServeArgs;
 use crate::node::Node;
 
 #[derive(Parser)]
-#[command(name = "raftmesh", version, about = "A Raft-replicated store (pm3 KV API)")]
+#[command(
+    name = "raftmesh",
+    version,
+    about = "A Raft-replicated store (pm3 KV API)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -31,7 +34,12 @@ enum Command {
     /// Inspect or change cluster membership through a node's gateway.
     Cluster {
         /// Gateway URL of any member.
-        #[arg(long, global = true, env = "RAFTMESH_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+        #[arg(
+            long,
+            global = true,
+            env = "RAFTMESH_ENDPOINT",
+            default_value = "http://127.0.0.1:8080"
+        )]
         endpoint: String,
         #[command(subcommand)]
         op: ClusterOp,

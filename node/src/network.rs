@@ -41,7 +41,9 @@ impl Channels {
             Some(ch) => ch.clone(),
             None => {
                 let ep = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr}: {e}")))?
+                    .map_err(|e| {
+                        tonic::Status::invalid_argument(format!("bad address {addr}: {e}"))
+                    })?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
@@ -66,9 +68,14 @@ pub fn never_sent(status: &tonic::Status) -> bool {
         return false;
     }
     let text = format!("{status:?}").to_ascii_lowercase();
-    ["tcp connect error", "connection refused", "dns error", "failed to lookup"]
-        .iter()
-        .any(|s| text.contains(s))
+    [
+        "tcp connect error",
+        "connection refused",
+        "dns error",
+        "failed to lookup",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -109,14 +116,22 @@ impl PeerNetwork {
         }
     }
 
-    async fn unary<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Resp, RpcErr>
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        ttl: Duration,
+        call: F,
+    ) -> Result<Resp, RpcErr>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
-        let client = self.channels.client(&self.addr).map_err(|s| self.map_status(s))?;
+        let client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|s| self.map_status(s))?;
         let mut request = tonic::Request::new(RaftPayload {
             data: encode(req),
             error: Vec::new(),
@@ -152,8 +167,10 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await })
-            .await
+        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
     }
 
     /// Streams the snapshot in chunks over one client-streaming call; the
@@ -204,9 +221,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         if !reply.error.is_empty() {
             let err: Fatal<NodeId> = serde_json::from_slice(&reply.error)
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-            return Err(StreamingError::RemoteError(RemoteError::new(self.target, err)));
+            return Err(StreamingError::RemoteError(RemoteError::new(
+                self.target,
+                err,
+            )));
         }
-        serde_json::from_slice(&reply.data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        serde_json::from_slice(&reply.data)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 
     /// Exponential backoff for an unreachable peer, capped so a restarted

@@ -12,8 +12,7 @@ use openraft::{Raft, ServerState, SnapshotPolicy};
 use raftmesh_gateway::backend::{Backend, ClusterStatus, MemberStatus, RaftView, WriteOutcome};
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, Cmd, ForwardOp, ForwardReplyBody, KvEntry, LogEntry, NodeId, NodeInfo,
-    TypeConfig,
+    ClusterError, Cmd, ForwardOp, ForwardReplyBody, KvEntry, LogEntry, NodeId, NodeInfo, TypeConfig,
 };
 use raftmesh_raft_store::{StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
@@ -158,7 +157,10 @@ impl Node {
                 return;
             }
             if answered * 2 > self.peers.len() {
-                tracing::info!("{answered}/{} peers answered; initializing", self.peers.len());
+                tracing::info!(
+                    "{answered}/{} peers answered; initializing",
+                    self.peers.len()
+                );
                 if let Err(e) = self.raft.initialize(members).await {
                     tracing::error!("initializing cluster: {e}");
                 }
@@ -274,7 +276,9 @@ impl Node {
         hops: u32,
     ) -> Result<ForwardReplyBody, ClusterError> {
         let Some(addr) = self.addr_of(leader) else {
-            return Err(ClusterError::NoLeader(format!("no address known for leader {leader}")));
+            return Err(ClusterError::NoLeader(format!(
+                "no address known for leader {leader}"
+            )));
         };
         let mut client = self
             .channels
@@ -528,7 +532,9 @@ impl Backend for Node {
         gauge(
             "raftmesh_raft_committed_index",
             "Last committed index known to this node.",
-            self.committed_plus1.load(Ordering::Relaxed).saturating_sub(1),
+            self.committed_plus1
+                .load(Ordering::Relaxed)
+                .saturating_sub(1),
         );
         gauge(
             "raftmesh_raft_snapshot_index",
@@ -563,7 +569,10 @@ impl Backend for Node {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         if let Some(rep) = &m.replication {
             let name = "raftmesh_raft_follower_matched_index";
@@ -572,14 +581,21 @@ impl Backend for Node {
                 "# HELP {name} Highest log index known replicated to a follower.\n# TYPE {name} gauge"
             );
             for (id, l) in rep {
-                let _ = writeln!(out, "{name}{{peer=\"{id}\"}} {}", l.as_ref().map_or(0, |l| l.index));
+                let _ = writeln!(
+                    out,
+                    "{name}{{peer=\"{id}\"}} {}",
+                    l.as_ref().map_or(0, |l| l.index)
+                );
             }
         }
         out
     }
 
     async fn add_learner(&self, node_id: NodeId, node: NodeInfo) -> Result<u64, ClusterError> {
-        match self.route(ForwardOp::AddLearner { node_id, node }, 0).await? {
+        match self
+            .route(ForwardOp::AddLearner { node_id, node }, 0)
+            .await?
+        {
             ForwardReplyBody::Done { index } => Ok(index),
             other => Err(unexpected(other)),
         }
@@ -589,7 +605,10 @@ impl Backend for Node {
         if voters.is_empty() {
             return Err(ClusterError::Rejected("voters must not be empty".into()));
         }
-        match self.route(ForwardOp::ChangeMembership { voters }, 0).await? {
+        match self
+            .route(ForwardOp::ChangeMembership { voters }, 0)
+            .await?
+        {
             ForwardReplyBody::Done { index } => Ok(index),
             other => Err(unexpected(other)),
         }

@@ -493,7 +493,7 @@ async fn cas_increment(
                             r.text
                         ));
                     }
-                    if !r.body["diff"].as_array().is_some_and(|d| !d.is_empty()) {
+                    if r.body["diff"].as_array().is_none_or(|d| d.is_empty()) {
                         problems.push(format!(
                             "failed CAS without a non-empty patch diff: {}",
                             r.text
@@ -968,10 +968,7 @@ fn expect_error(
         ));
         return None;
     }
-    if !r.body["error"]
-        .as_str()
-        .is_some_and(|m| !m.trim().is_empty())
-    {
+    if r.body["error"].as_str().is_none_or(|m| m.trim().is_empty()) {
         bad.push(format!(
             "node {node}: {what}: body is not {{\"error\": \"...\"}}: {}",
             r.text

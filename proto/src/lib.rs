@@ -96,9 +96,13 @@ pub enum ApplyResult {
     #[default]
     None,
     /// The key now holds the written value at `revision`.
-    Written { revision: u64 },
+    Written {
+        revision: u64,
+    },
     /// A conditional put found another revision; nothing changed.
-    RevisionMismatch { current: u64 },
+    RevisionMismatch {
+        current: u64,
+    },
     Deleted,
     /// Outcome of a CAS. On success `value` is the desired value and `diff`
     /// is empty; on failure `value` is the current value and `diff` an RFC
@@ -125,11 +129,18 @@ pub struct KvEntry {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ForwardOp {
     /// Propose this command; the leader stamps the time.
-    Write { cmd: Cmd },
+    Write {
+        cmd: Cmd,
+    },
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
-    AddLearner { node_id: NodeId, node: NodeInfo },
-    ChangeMembership { voters: Vec<NodeId> },
+    AddLearner {
+        node_id: NodeId,
+        node: NodeInfo,
+    },
+    ChangeMembership {
+        voters: Vec<NodeId>,
+    },
 }
 
 /// The leader's answer to a [`ForwardOp`].

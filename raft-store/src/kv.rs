@@ -135,6 +135,9 @@ mod tests {
         let patch: json_patch::Patch = serde_json::from_str(&diff).unwrap();
         let mut doc: serde_json::Value = serde_json::from_str(expected).unwrap();
         json_patch::patch(&mut doc, &patch).unwrap();
-        assert_eq!(doc, serde_json::from_str::<serde_json::Value>(&cur.value).unwrap());
+        assert_eq!(
+            doc,
+            serde_json::from_str::<serde_json::Value>(&cur.value).unwrap()
+        );
     }
 }

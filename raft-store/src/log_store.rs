@@ -53,7 +53,9 @@ impl LogStore {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
+        let mut iter = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
         match iter.next() {
             None => Ok(None),
             Some(item) => {
@@ -164,8 +166,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
         for e in entries {
-            let v = serde_json::to_vec(&e)
-                .map_err(|err| StoreError::from(err).write())?;
+            let v = serde_json::to_vec(&e).map_err(|err| StoreError::from(err).write())?;
             batch.put_cf(logs, idx_key(e.log_id.index), v);
         }
         let res = self.db.write_opt(batch, &synced());

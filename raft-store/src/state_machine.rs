@@ -208,7 +208,10 @@ impl SnapshotBuilder {
         }
         let n = self.metrics.snapshots_built.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
-            Some(l) => format!("{}-{}-{}-{n}", l.leader_id.term, l.leader_id.node_id, l.index),
+            Some(l) => format!(
+                "{}-{}-{}-{n}",
+                l.leader_id.term, l.leader_id.node_id, l.index
+            ),
             None => format!("0-0-0-{n}"),
         };
         let meta = SnapshotMeta {
@@ -325,7 +328,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let m = cf(&self.db, CF_SM_META);
             batch.put_cf(m, KEY_LAST_APPLIED, serde_json::to_vec(&meta.last_log_id)?);
-            batch.put_cf(m, KEY_MEMBERSHIP, serde_json::to_vec(&meta.last_membership)?);
+            batch.put_cf(
+                m,
+                KEY_MEMBERSHIP,
+                serde_json::to_vec(&meta.last_membership)?,
+            );
             self.save_current_snapshot(&mut batch, meta, &data)?;
             self.db.write_opt(batch, &synced())?;
             Ok(())
@@ -356,4 +363,3 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         read().map_err(StoreError::read)
     }
 }
-

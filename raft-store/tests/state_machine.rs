@@ -50,14 +50,26 @@ async fn apply_rules_within_one_batch_and_across_restart() {
                 ),
                 entry(6, put("b", "true", None)),
                 entry(7, Cmd::KvDelete { key: "b".into() }),
-                entry(8, Cmd::KvDelete { key: "never".into() }),
+                entry(
+                    8,
+                    Cmd::KvDelete {
+                        key: "never".into(),
+                    },
+                ),
             ])
             .await
             .unwrap();
         assert_eq!(results[0], ApplyResult::Written { revision: 1 });
         assert_eq!(results[1], ApplyResult::RevisionMismatch { current: 1 });
         assert_eq!(results[2], ApplyResult::Written { revision: 3 });
-        assert!(matches!(results[3], ApplyResult::Cas { ok: true, revision: 4, .. }));
+        assert!(matches!(
+            results[3],
+            ApplyResult::Cas {
+                ok: true,
+                revision: 4,
+                ..
+            }
+        ));
         match &results[4] {
             ApplyResult::Cas {
                 ok: false,
