@@ -4,7 +4,7 @@
 # Both start by installing the system packages the build needs (as root).
 
 CARGO ?= cargo
-APT_PACKAGES := librocksdb-dev libclang-dev clang pkg-config ca-certificates curl
+APT_PACKAGES := librocksdb-dev libclang-dev clang pkg-config ca-certificates curl iproute2 iptables faketime
 
 .PHONY: deps run test build release fmt lint
 

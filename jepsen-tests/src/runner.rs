@@ -1,0 +1,405 @@
+//! One test run: topology, nodes, clients, nemesis, recovery, checks, report.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::checker::{self, recovery::RecoveryProbe, CheckResult, Verdict};
+use crate::cluster::{Cluster, NodeOpts};
+use crate::history::{self, NemesisEvent, Op, OpType};
+use crate::nemesis::{Fault, Nemesis};
+use crate::rng::Rng;
+use crate::topology::Topology;
+use crate::workload::{Http, ProcessState, Reply, Workload};
+
+pub struct RunOpts {
+    pub workload: Arc<dyn Workload>,
+    pub faults: Vec<Fault>,
+    pub nodes: u32,
+    pub time_limit: Duration,
+    pub rate: f64,
+    pub concurrency: u32,
+    pub seed: u64,
+    pub bin: PathBuf,
+    pub store: PathBuf,
+    /// Bound for the linearizability search.
+    pub check_budget: Duration,
+    /// After heal: a leader and a write+read on every key within this.
+    pub recovery_bound: Duration,
+    pub node_opts: NodeOpts,
+}
+
+/// Exit code: 0 valid, 1 invalid, 2 unknown or aborted.
+pub fn exit_code(v: Verdict) -> i32 {
+    match v {
+        Verdict::Valid => 0,
+        Verdict::Invalid => 1,
+        Verdict::Unknown => 2,
+    }
+}
+
+struct Recorder {
+    start: Instant,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    fn push(&self, mut op: Op) {
+        op.time = self.start.elapsed().as_nanos() as u64;
+        self.ops.lock().expect("history").push(op);
+    }
+}
+
+fn run_dir(store: &Path, test: &str) -> anyhow::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let dir = store.join(test).join(format!("{secs}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs the whole test and returns (verdict, report dir).
+pub async fn run(opts: RunOpts) -> anyhow::Result<(Verdict, PathBuf)> {
+    let faults: Vec<&str> = opts.faults.iter().map(|f| f.name()).collect();
+    let test = format!(
+        "{}-{}-n{}",
+        opts.workload.name(),
+        if faults.is_empty() {
+            "none".to_string()
+        } else {
+            faults.join("+")
+        },
+        opts.nodes
+    );
+    let dir = run_dir(&opts.store, &test)?;
+    let data = tempfile_dir()?;
+    tracing::info!("run {test}: report in {}", dir.display());
+    let topo = Topology::create(opts.nodes)?;
+    let cluster = Arc::new(Mutex::new(Cluster::new(
+        topo,
+        &opts.bin,
+        &data,
+        &dir,
+        opts.node_opts.clone(),
+    )));
+    let start = Instant::now();
+    let nemesis_log = Arc::new(Mutex::new(Vec::<NemesisEvent>::new()));
+    let recorder = Arc::new(Recorder {
+        start,
+        ops: Mutex::new(Vec::new()),
+    });
+
+    let outcome = tokio::select! {
+        r = drive(&opts, cluster.clone(), recorder.clone(), nemesis_log.clone(), start) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    // Always tear down what we made, whatever happened above.
+    {
+        let mut c = cluster.lock().expect("cluster");
+        c.stop_all();
+        c.topo.teardown();
+    }
+    let _ = std::fs::remove_dir_all(&data);
+
+    let history = std::mem::take(&mut *recorder.ops.lock().expect("history"));
+    let nemesis = nemesis_log.lock().expect("log").clone();
+    history::write_jsonl(&dir.join("history.jsonl"), &history)?;
+    write_nemesis(&dir.join("nemesis.jsonl"), &nemesis)?;
+
+    let (mut checks, aborted) = match outcome {
+        Ok(probes) => (vec![checker::recovery::check_recovery(&probes)], None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    checks.extend(opts.workload.check(&history, opts.check_budget));
+    let mut verdict = checker::combine(&checks);
+    if aborted.is_some() && verdict == Verdict::Valid {
+        verdict = Verdict::Unknown;
+    }
+    let results = json!({
+        "test": test,
+        "valid": verdict,
+        "aborted": aborted,
+        "seed": opts.seed,
+        "nodes": opts.nodes,
+        "nemesis": faults,
+        "time_limit_s": opts.time_limit.as_secs(),
+        "ops": history.len() / 2,
+        "checks": checks,
+    });
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    crate::report::write_report(&dir, &test, &history, &nemesis, &results)?;
+    Ok((verdict, dir))
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("raftmesh-jepsen-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn write_nemesis(path: &Path, events: &[NemesisEvent]) -> anyhow::Result<()> {
+    let mut s = String::new();
+    for e in events {
+        s.push_str(&serde_json::to_string(e)?);
+        s.push('\n');
+    }
+    std::fs::write(path, s)?;
+    Ok(())
+}
+
+async fn drive(
+    opts: &RunOpts,
+    cluster: Arc<Mutex<Cluster>>,
+    recorder: Arc<Recorder>,
+    nemesis_log: Arc<Mutex<Vec<NemesisEvent>>>,
+    start: Instant,
+) -> anyhow::Result<Vec<RecoveryProbe>> {
+    {
+        let mut c = cluster.lock().expect("cluster");
+        for id in c.ids() {
+            c.start(id, None)?;
+        }
+    }
+    let mut rng = Rng::new(opts.seed);
+    let nemesis = Nemesis {
+        cluster: cluster.clone(),
+        http: Http::new(Duration::from_secs(2)),
+        faults: opts.faults.clone(),
+        rng: rng.fork(),
+        start,
+        log: nemesis_log,
+    };
+    wait_leader(&nemesis, Duration::from_secs(30))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader within 30 s of start; see node logs"))?;
+
+    let end = Instant::now() + opts.time_limit;
+    let mut tasks = tokio::task::JoinSet::new();
+    let bases: Vec<(u32, String)> = {
+        let c = cluster.lock().expect("cluster");
+        c.ids().into_iter().map(|id| (id, c.url(id))).collect()
+    };
+    let http = Arc::new(Http::new(Duration::from_secs(3)));
+    let pause = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate.max(0.1));
+    for slot in 0..opts.concurrency {
+        let (workload, recorder, http, bases) = (
+            opts.workload.clone(),
+            recorder.clone(),
+            http.clone(),
+            bases.clone(),
+        );
+        let mut rng = rng.fork();
+        let concurrency = opts.concurrency as u64;
+        tasks.spawn(async move {
+            let mut process = slot as u64;
+            let mut state = ProcessState::default();
+            while Instant::now() < end {
+                let (node, base) = &bases[(process % bases.len() as u64) as usize];
+                let inv = workload.next(&mut rng, &mut state);
+                let t0 = Instant::now();
+                recorder.push(Op {
+                    process,
+                    kind: OpType::Invoke,
+                    f: inv.f.clone(),
+                    key: inv.key.clone(),
+                    value: inv.value.clone(),
+                    node: *node,
+                    time: 0,
+                    error: None,
+                });
+                let done = workload.invoke(&http, base, &inv).await;
+                if done.kind == OpType::Ok {
+                    let seen = match inv.f.as_str() {
+                        "read" => done.value.get("value").cloned(),
+                        "write" => Some(inv.value.clone()),
+                        "cas" => inv.value.get(1).cloned(),
+                        _ => None,
+                    };
+                    if let Some(v) = seen {
+                        state.last_seen.insert(inv.key.clone(), v);
+                    }
+                }
+                let kind = done.kind;
+                recorder.push(Op {
+                    process,
+                    kind,
+                    f: inv.f,
+                    key: inv.key,
+                    value: done.value,
+                    node: *node,
+                    time: 0,
+                    error: done.error,
+                });
+                if kind == OpType::Info {
+                    // One op in flight per process: an unknown op's process is
+                    // retired and a fresh one takes its slot.
+                    process += concurrency;
+                }
+                tokio::time::sleep(pause.saturating_sub(t0.elapsed())).await;
+            }
+        });
+    }
+    let nemesis_task = {
+        let n = Nemesis {
+            cluster: cluster.clone(),
+            http: Http::new(Duration::from_secs(2)),
+            faults: nemesis.faults.clone(),
+            rng: nemesis.rng.clone(),
+            start,
+            log: nemesis.log.clone(),
+        };
+        tokio::spawn(n.run(end))
+    };
+    while tasks.join_next().await.is_some() {}
+    let _ = nemesis_task.await;
+
+    // Heal: every node up, full membership.
+    nemesis.cluster.lock().expect("cluster").topo.heal()?;
+    cluster.lock().expect("cluster").restore_all()?;
+    let recovery_start = Instant::now();
+    ensure_full_membership(&nemesis, opts.recovery_bound).await;
+    let probes = recovery(opts, &nemesis, &bases, recovery_start).await;
+    for (id, inv, c) in opts.workload.final_reads(&http, &bases).await {
+        for (kind, value, error) in [
+            (OpType::Invoke, inv.value.clone(), None),
+            (c.kind, c.value, c.error),
+        ] {
+            recorder.push(Op {
+                process: u64::MAX - id as u64,
+                kind,
+                f: inv.f.clone(),
+                key: inv.key.clone(),
+                value,
+                node: id,
+                time: 0,
+                error,
+            });
+        }
+    }
+    Ok(probes)
+}
+
+async fn wait_leader(n: &Nemesis, bound: Duration) -> Option<u32> {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        if let Some(l) = n.leader().await {
+            return Some(l);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+async fn ensure_full_membership(n: &Nemesis, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    let ids: HashSet<u64> = n
+        .cluster
+        .lock()
+        .expect("cluster")
+        .ids()
+        .into_iter()
+        .map(u64::from)
+        .collect();
+    while Instant::now() < deadline {
+        let Some(l) = n.leader().await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let url = n.cluster.lock().expect("cluster").url(l);
+        if let Reply::Status(200, body) = n
+            .http
+            .call(reqwest::Method::GET, &format!("{url}/cluster"), None)
+            .await
+        {
+            let voters: HashSet<u64> = body["members"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter(|x| x["voter"] == true)
+                        .filter_map(|x| x["node_id"].as_u64())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let missing: Vec<u64> = ids.difference(&voters).copied().collect();
+            if missing.is_empty() {
+                return;
+            }
+            for id in missing {
+                if let Err(e) = n.readd(id as u32).await {
+                    tracing::warn!("re-adding node {id}: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// After heal: every node must accept a write and serve a linearizable read
+/// of it, for every key, within the bound.
+async fn recovery(
+    opts: &RunOpts,
+    n: &Nemesis,
+    bases: &[(u32, String)],
+    since: Instant,
+) -> Vec<RecoveryProbe> {
+    let http = Http::new(Duration::from_secs(2));
+    let bound = opts.recovery_bound;
+    let mut probes = Vec::new();
+    let _ = wait_leader(n, bound).await;
+    for key in opts.workload.keys() {
+        for (id, base) in bases {
+            let value = json!(format!("recovery-{id}"));
+            let url = format!("{base}/kv/{key}");
+            let mut wrote = false;
+            let mut read = false;
+            while since.elapsed() < bound && !(wrote && read) {
+                if !wrote {
+                    wrote = matches!(
+                        http.call(reqwest::Method::PUT, &url, Some(json!({ "value": value })))
+                            .await,
+                        Reply::Status(200, _)
+                    );
+                }
+                if wrote {
+                    read = matches!(
+                        http.call(reqwest::Method::GET, &url, None).await,
+                        Reply::Status(200, ref b) if b["value"] == value
+                    );
+                }
+                if !(wrote && read) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            probes.push(RecoveryProbe {
+                key: key.clone(),
+                node: *id,
+                wrote_ok: wrote,
+                read_ok: read,
+                elapsed_ms: since.elapsed().as_millis() as u64,
+                bound_ms: bound.as_millis() as u64,
+            });
+        }
+    }
+    probes
+}
+
+/// Checks a recorded history file with the checkers its ops call for.
+pub fn check_file(path: &Path, budget: Duration) -> anyhow::Result<Vec<CheckResult>> {
+    let history = history::read_jsonl(path)?;
+    let is_set = history.iter().any(|o| o.f == "add");
+    Ok(if is_set {
+        vec![checker::set::check_set(&history)]
+    } else {
+        vec![
+            checker::linearizable::check_register(&history, budget),
+            checker::monotonic::check_monotonic_reads(&history),
+        ]
+    })
+}
