@@ -109,16 +109,18 @@ impl Nemesis {
     /// Runs the schedule until `end`, then heals everything.
     pub async fn run(mut self, end: Instant) {
         let mut active: Vec<(Fault, Active)> = Vec::new();
+        let mut deck: Vec<Fault> = Vec::new();
         while Instant::now() < end {
             let heal_for = Duration::from_millis(self.rng.range(3_000, 6_000));
             tokio::time::sleep(heal_for.min(end.saturating_duration_since(Instant::now()))).await;
             if Instant::now() >= end {
                 break;
             }
-            let overlap = self.faults.len() > 1 && self.rng.chance(0.3);
-            let mut chosen = vec![*self.rng.pick(&self.faults)];
-            if overlap {
-                let other = *self.rng.pick(&self.faults);
+            // Faults are dealt from a shuffled deck, so every enabled fault
+            // occurs once before any repeats; sometimes two overlap.
+            let mut chosen = vec![self.deal(&mut deck)];
+            if self.faults.len() > 1 && self.rng.chance(0.3) {
+                let other = self.deal(&mut deck);
                 if other != chosen[0] {
                     chosen.push(other);
                 }
@@ -141,6 +143,16 @@ impl Nemesis {
         while let Some((f, a)) = active.pop() {
             let _ = self.heal(f, a).await;
         }
+    }
+
+    fn deal(&mut self, deck: &mut Vec<Fault>) -> Fault {
+        if deck.is_empty() {
+            *deck = self.faults.clone();
+            let mut order: Vec<u32> = (0..deck.len() as u32).collect();
+            shuffle(&mut self.rng, &mut order);
+            *deck = order.into_iter().map(|i| self.faults[i as usize]).collect();
+        }
+        deck.pop().expect("refilled")
     }
 
     async fn pick_target(&mut self, prefer_leader: bool) -> u32 {
@@ -271,52 +283,52 @@ impl Nemesis {
         }
     }
 
-    async fn admin_url(&self) -> anyhow::Result<String> {
-        let l = self
-            .leader()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-        Ok(self.cluster.lock().expect("cluster").url(l))
+    /// Sends an admin request to live nodes in turn; any node forwards it
+    /// to the leader, so the first one that answers decides.
+    async fn admin(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        let urls: Vec<String> = {
+            let c = self.cluster.lock().expect("cluster");
+            c.ids()
+                .into_iter()
+                .filter(|id| c.is_running(*id) && !c.is_paused(*id))
+                .map(|id| c.url(id))
+                .collect()
+        };
+        let mut last = String::from("no live node");
+        for u in urls {
+            match self
+                .http
+                .call(
+                    reqwest::Method::POST,
+                    &format!("{u}{path}"),
+                    Some(body.clone()),
+                )
+                .await
+            {
+                Reply::Status(200, _) => return Ok(()),
+                Reply::Status(s, b) => last = format!("{u}: {s} {b}"),
+                Reply::NotSent(e) | Reply::Lost(e) => last = format!("{u}: {e}"),
+            }
+        }
+        anyhow::bail!("{path} {body}: {last}")
     }
 
     async fn change_membership(&self, voters: &[u32]) -> anyhow::Result<()> {
-        let url = self.admin_url().await?;
-        match self
-            .http
-            .call(
-                reqwest::Method::POST,
-                &format!("{url}/cluster/change-membership"),
-                Some(json!({ "voters": voters })),
-            )
+        self.admin("/cluster/change-membership", json!({ "voters": voters }))
             .await
-        {
-            Reply::Status(200, _) => Ok(()),
-            Reply::Status(s, b) => anyhow::bail!("change-membership {voters:?}: {s} {b}"),
-            Reply::NotSent(e) | Reply::Lost(e) => anyhow::bail!("change-membership: {e}"),
-        }
     }
 
     /// Adds `id` back as learner, then as voter.
     pub async fn readd(&self, id: u32) -> anyhow::Result<()> {
-        let url = self.admin_url().await?;
         let (grpc, http, ids) = {
             let c = self.cluster.lock().expect("cluster");
             (c.grpc_addr(id), c.http_addr(id), c.ids())
         };
-        let body = json!({"node_id": id, "grpc_addr": grpc, "http_addr": http});
-        match self
-            .http
-            .call(
-                reqwest::Method::POST,
-                &format!("{url}/cluster/add-learner"),
-                Some(body),
-            )
-            .await
-        {
-            Reply::Status(200, _) => {}
-            Reply::Status(s, b) => anyhow::bail!("add-learner {id}: {s} {b}"),
-            Reply::NotSent(e) | Reply::Lost(e) => anyhow::bail!("add-learner {id}: {e}"),
-        }
+        self.admin(
+            "/cluster/add-learner",
+            json!({"node_id": id, "grpc_addr": grpc, "http_addr": http}),
+        )
+        .await?;
         self.change_membership(&ids).await
     }
 

@@ -170,7 +170,7 @@ async fn drive(
     let mut rng = Rng::new(opts.seed);
     let nemesis = Nemesis {
         cluster: cluster.clone(),
-        http: Http::new(Duration::from_secs(2)),
+        http: Http::new(Duration::from_secs(10)),
         faults: opts.faults.clone(),
         rng: rng.fork(),
         start,
@@ -249,7 +249,7 @@ async fn drive(
     let nemesis_task = {
         let n = Nemesis {
             cluster: cluster.clone(),
-            http: Http::new(Duration::from_secs(2)),
+            http: Http::new(Duration::from_secs(10)),
             faults: nemesis.faults.clone(),
             rng: nemesis.rng.clone(),
             start,

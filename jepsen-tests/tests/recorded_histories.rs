@@ -12,7 +12,9 @@ use jepsen_tests::checker::{linearizable, Verdict};
 use jepsen_tests::history::read_jsonl;
 
 fn fixture(name: &str) -> Vec<jepsen_tests::history::Op> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     read_jsonl(&p).expect("fixture reads")
 }
 
@@ -22,7 +24,10 @@ fn stale_reads_under_partition_are_invalid_with_the_offending_read() {
     let r = linearizable::check_register(&h, Duration::from_secs(60));
     assert_eq!(r.verdict, Verdict::Invalid, "{}", r.details);
     let text = r.details.to_string();
-    assert!(text.contains("\"f\":\"read\""), "the culprit is a read: {text}");
+    assert!(
+        text.contains("\"f\":\"read\""),
+        "the culprit is a read: {text}"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod config;
 mod grpc;
 mod network;
 mod node;
+mod read_index;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState, SnapshotPolicy};
 use raftmesh_gateway::backend::{Backend, ClusterStatus, MemberStatus, RaftView, WriteOutcome};
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::network::{self, Channels, NetworkFactory};
+use crate::read_index::ReadIndexBatcher;
 
 /// Forwarding crosses at most this many nodes, so a request cannot loop
 /// while leadership moves between nodes with stale views.
@@ -41,6 +42,8 @@ pub struct Node {
     /// Times the known leader changed, for /metrics and /cluster.
     leader_changes: AtomicU64,
     sm_metrics: Arc<StateMachineMetrics>,
+    /// Shares one leadership confirmation among concurrent reads.
+    read_batcher: Arc<ReadIndexBatcher>,
 }
 
 fn now_ms() -> u64 {
@@ -72,7 +75,10 @@ impl Node {
             channels: channels.clone(),
         };
         let raft = Raft::new(cfg.node_id, Arc::new(rc), net, log, sm).await?;
+        let read_batcher =
+            ReadIndexBatcher::new(raft.clone(), Duration::from_millis(cfg.write_timeout_ms));
         Ok(Arc::new(Self {
+            read_batcher,
             id: cfg.node_id,
             raft,
             reader,
@@ -337,22 +343,11 @@ impl Node {
                     Ok(Err(e)) => Err(write_error(e)),
                 }
             }
-            ForwardOp::ReadIndex => {
-                match tokio::time::timeout(write_timeout, self.raft.get_read_log_id()).await {
-                    Err(_) => Err(ClusterError::NotReady(
-                        "leadership not confirmed by a quorum in time".into(),
-                    )),
-                    Ok(Ok((read, _applied))) => Ok(ForwardReplyBody::ReadIndex {
-                        index: read.map_or(0, |l| l.index),
-                    }),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                        Err(ClusterError::NotLeader {
-                            leader: f.leader_id,
-                        })
-                    }
-                    Ok(Err(e)) => Err(ClusterError::NotReady(format!("read index: {e}"))),
-                }
-            }
+            ForwardOp::ReadIndex => self
+                .read_batcher
+                .read_index()
+                .await
+                .map(|index| ForwardReplyBody::ReadIndex { index }),
             ForwardOp::AddLearner { node_id, node } => {
                 let r = tokio::time::timeout(
                     MEMBERSHIP_TIMEOUT,
