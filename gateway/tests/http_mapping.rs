@@ -97,6 +97,8 @@ impl Backend for Fake {
                 st.kv.remove(&key);
                 ApplyResult::Deleted
             }
+            // The gateway sends single commands; batching happens on the leader.
+            Cmd::Batch { .. } => unreachable!("the gateway never sends batches"),
             Cmd::KvCas {
                 key,
                 expected,

@@ -8,6 +8,7 @@ mod grpc;
 mod network;
 mod node;
 mod read_index;
+mod write_batch;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -5,14 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState, SnapshotPolicy};
 use raftmesh_gateway::backend::{Backend, ClusterStatus, MemberStatus, RaftView, WriteOutcome};
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, Cmd, ForwardOp, ForwardReplyBody, KvEntry, LogEntry, NodeId, NodeInfo, TypeConfig,
+    ClusterError, Cmd, ForwardOp, ForwardReplyBody, KvEntry, NodeId, NodeInfo, TypeConfig,
 };
 use raftmesh_raft_store::{StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
@@ -20,6 +19,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::network::{self, Channels, NetworkFactory};
 use crate::read_index::ReadIndexBatcher;
+use crate::write_batch::{write_error, WriteBatcher, WriteErr};
 
 /// Forwarding crosses at most this many nodes, so a request cannot loop
 /// while leadership moves between nodes with stale views.
@@ -44,13 +44,8 @@ pub struct Node {
     sm_metrics: Arc<StateMachineMetrics>,
     /// Shares one leadership confirmation among concurrent reads.
     read_batcher: Arc<ReadIndexBatcher>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    /// Packs concurrent writes into one log entry.
+    write_batcher: Arc<WriteBatcher>,
 }
 
 impl Node {
@@ -77,8 +72,11 @@ impl Node {
         let raft = Raft::new(cfg.node_id, Arc::new(rc), net, log, sm).await?;
         let read_batcher =
             ReadIndexBatcher::new(raft.clone(), Duration::from_millis(cfg.write_timeout_ms));
+        let write_batcher =
+            WriteBatcher::new(raft.clone(), Duration::from_millis(cfg.write_timeout_ms));
         Ok(Arc::new(Self {
             read_batcher,
+            write_batcher,
             id: cfg.node_id,
             raft,
             reader,
@@ -324,25 +322,12 @@ impl Node {
 
     /// Runs `op` on this node as leader.
     async fn execute(&self, op: &ForwardOp) -> Result<ForwardReplyBody, ClusterError> {
-        let write_timeout = Duration::from_millis(self.cfg.write_timeout_ms);
         match op {
-            ForwardOp::Write { cmd } => {
-                let entry = LogEntry {
-                    time_ms: now_ms(),
-                    cmd: cmd.clone(),
-                };
-                match tokio::time::timeout(write_timeout, self.raft.client_write(entry)).await {
-                    Err(_) => Err(ClusterError::Unknown(format!(
-                        "not committed within {} ms; the write may still be applied",
-                        write_timeout.as_millis()
-                    ))),
-                    Ok(Ok(resp)) => Ok(ForwardReplyBody::Written {
-                        index: resp.log_id.index,
-                        result: resp.data,
-                    }),
-                    Ok(Err(e)) => Err(write_error(e)),
-                }
-            }
+            ForwardOp::Write { cmd } => self
+                .write_batcher
+                .submit(cmd.clone())
+                .await
+                .map(|(index, result)| ForwardReplyBody::Written { index, result }),
             ForwardOp::ReadIndex => self
                 .read_batcher
                 .read_index()
@@ -376,22 +361,6 @@ impl Node {
             term: m.current_term,
             applied_index: m.last_applied.map_or(0, |l| l.index),
         }
-    }
-}
-
-type WriteErr = RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>;
-
-fn write_error(e: WriteErr) -> ClusterError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClusterError::NotLeader {
-            leader: f.leader_id,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ClusterError::Rejected(e.to_string())
-        }
-        RaftError::Fatal(f) => ClusterError::Unknown(format!(
-            "the node stopped while the write was in flight: {f}"
-        )),
     }
 }
 

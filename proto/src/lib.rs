@@ -86,6 +86,21 @@ pub enum Cmd {
         expected: String,
         desired: String,
     },
+    /// Concurrent client writes the leader packed into one entry, so they
+    /// share one append, one replication round and one apply. They touch
+    /// distinct keys, so each key's revision (the entry's index) still
+    /// names exactly one value. Applied in order.
+    Batch { cmds: Vec<Cmd> },
+}
+
+impl Cmd {
+    /// The pm3 key a command writes, if it writes exactly one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Cmd::KvPut { key, .. } | Cmd::KvDelete { key } | Cmd::KvCas { key, .. } => Some(key),
+            Cmd::Batch { .. } => None,
+        }
+    }
 }
 
 /// What applying one entry produced; returned to the client that proposed it.
@@ -112,6 +127,10 @@ pub enum ApplyResult {
         revision: u64,
         value: String,
         diff: String,
+    },
+    /// One result per command of a [`Cmd::Batch`], in order.
+    Batch {
+        results: Vec<ApplyResult>,
     },
 }
 
@@ -208,6 +227,19 @@ mod tests {
                     desired: "{\"x\":1}".into(),
                 },
                 r#"{"time_ms":7,"cmd":{"op":"kv_cas","key":"a","expected":"null","desired":"{\"x\":1}"}}"#,
+            ),
+            (
+                Cmd::Batch {
+                    cmds: vec![
+                        Cmd::KvDelete { key: "a".into() },
+                        Cmd::KvPut {
+                            key: "b".into(),
+                            value: "2".into(),
+                            if_revision: None,
+                        },
+                    ],
+                },
+                r#"{"time_ms":7,"cmd":{"op":"batch","cmds":[{"op":"kv_delete","key":"a"},{"op":"kv_put","key":"b","value":"2","if_revision":null}]}}"#,
             ),
         ];
         for (cmd, golden) in cases {

@@ -127,6 +127,13 @@ impl StateMachine {
                 }
                 result
             }
+            Cmd::Batch { cmds } => {
+                let mut results = Vec::with_capacity(cmds.len());
+                for c in cmds {
+                    results.push(self.apply_cmd(index, c, batch, overlay)?);
+                }
+                ApplyResult::Batch { results }
+            }
         })
     }
 

@@ -132,3 +132,45 @@ async fn snapshot_replaces_follower_state_atomically() {
     let cur = follower.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(cur.meta.last_log_id.unwrap().index, 100);
 }
+
+#[tokio::test]
+async fn a_batch_applies_in_order_at_one_revision() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm, reader) = open(dir.path()).unwrap();
+    sm.apply(vec![entry(1, put("a", "0", None))]).await.unwrap();
+    let results = sm
+        .apply(vec![entry(
+            2,
+            Cmd::Batch {
+                cmds: vec![
+                    put("a", "1", Some(1)),
+                    put("b", "2", Some(0)),
+                    put("c", "3", Some(7)),
+                    Cmd::KvCas {
+                        key: "d".into(),
+                        expected: "null".into(),
+                        desired: "4".into(),
+                    },
+                ],
+            },
+        )])
+        .await
+        .unwrap();
+    let ApplyResult::Batch { results } = &results[0] else {
+        panic!("batch result expected: {results:?}")
+    };
+    assert_eq!(results[0], ApplyResult::Written { revision: 2 });
+    assert_eq!(results[1], ApplyResult::Written { revision: 2 });
+    assert_eq!(results[2], ApplyResult::RevisionMismatch { current: 0 });
+    assert!(matches!(
+        results[3],
+        ApplyResult::Cas {
+            ok: true,
+            revision: 2,
+            ..
+        }
+    ));
+    assert_eq!(reader.kv_get("a").unwrap().unwrap().value, "1");
+    assert!(reader.kv_get("c").unwrap().is_none());
+    assert_eq!(reader.kv_list("").unwrap(), vec!["a", "b", "d"]);
+}
