@@ -71,6 +71,13 @@ enum ClusterOp {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
+    let result = run(&rt, cli);
+    // Wait for tasks still holding store handles to be dropped.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+fn run(rt: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => {
             // No arguments: one node on embedded defaults, still honouring
@@ -143,6 +150,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }
+    // Release the last handles on RocksDB here, on this thread, so the
+    // database closes before the process exits rather than racing its
+    // background threads against exit-time destructors.
+    drop(node);
     Ok(())
 }
 
