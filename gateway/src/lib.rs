@@ -125,6 +125,12 @@ pub async fn run<B: Backend>(
         tracing::info!(%addr, "gateway listening");
     }
     let app = router(backend, cfg);
+    use axum::serve::ListenerExt;
+    // Small request/response exchanges on keep-alive connections: without
+    // TCP_NODELAY a response split over two writes waits on delayed ACKs.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -6,11 +6,12 @@
 //! openraft's storage-v2 traits ([`LogStore`], [`StateMachine`]) plus a
 //! read-only [`StoreReader`] the node uses to serve local reads.
 //!
-//! Durability rule: every log append, vote, committed index, truncate, purge
-//! and snapshot install is a synced RocksDB write (WAL fsync). State-machine
-//! applies are not synced on their own: they share the WAL with the log, so
-//! the next synced write covers them, and after a crash openraft re-applies
-//! the committed log tail from `last_applied`.
+//! Durability rule: every log append, vote, truncate, purge and snapshot
+//! install is a synced RocksDB write (WAL fsync) before openraft hears it
+//! is done. The committed index and state-machine applies are not synced on
+//! their own: they share the WAL with the log, so the next synced write
+//! covers them; after a crash a slightly stale committed index is safe and
+//! openraft re-applies the committed log tail from `last_applied`.
 
 mod kv;
 mod log_store;
