@@ -110,9 +110,13 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<(Verdict, PathBuf)> {
     history::write_jsonl(&dir.join("history.jsonl"), &history)?;
     write_nemesis(&dir.join("nemesis.jsonl"), &nemesis)?;
 
-    let (mut checks, aborted) = match outcome {
-        Ok(probes) => (vec![checker::recovery::check_recovery(&probes)], None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+    let (mut checks, aborted, snapshots) = match outcome {
+        Ok((probes, snapshots)) => (
+            vec![checker::recovery::check_recovery(&probes)],
+            None,
+            snapshots,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string()), serde_json::Value::Null),
     };
     checks.extend(opts.workload.check(&history, opts.check_budget));
     let mut verdict = checker::combine(&checks);
@@ -128,6 +132,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<(Verdict, PathBuf)> {
         "nemesis": faults,
         "time_limit_s": opts.time_limit.as_secs(),
         "ops": history.len() / 2,
+        "snapshots_since_last_restart": snapshots,
         "checks": checks,
     });
     std::fs::write(
@@ -160,7 +165,7 @@ async fn drive(
     recorder: Arc<Recorder>,
     nemesis_log: Arc<Mutex<Vec<NemesisEvent>>>,
     start: Instant,
-) -> anyhow::Result<Vec<RecoveryProbe>> {
+) -> anyhow::Result<(Vec<RecoveryProbe>, serde_json::Value)> {
     {
         let mut c = cluster.lock().expect("cluster");
         for id in c.ids() {
@@ -283,7 +288,32 @@ async fn drive(
             });
         }
     }
-    Ok(probes)
+    let snapshots = snapshot_counters(&http, &bases).await;
+    Ok((probes, snapshots))
+}
+
+/// Per node, the snapshot counters of its current process (from /metrics),
+/// showing that snapshots were built and installed during the run.
+async fn snapshot_counters(http: &Http, bases: &[(u32, String)]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (id, base) in bases {
+        let text = match http.client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => continue,
+        };
+        let metric = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        out.insert(
+            format!("n{id}"),
+            json!({
+                "built": metric("raftmesh_sm_snapshots_built_total"),
+                "installed": metric("raftmesh_sm_snapshots_installed_total"),
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
 }
 
 async fn wait_leader(n: &Nemesis, bound: Duration) -> Option<u32> {
