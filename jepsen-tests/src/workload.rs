@@ -141,6 +141,15 @@ fn write_outcome(reply: Reply, ok: impl FnOnce(Value) -> Completion, value: Valu
     }
 }
 
+/// `PUT {"value": value}` to `url`: ok with the value written, or the
+/// outcome [`write_outcome`] gives.
+async fn put_value(http: &Http, url: &str, value: &Value) -> Completion {
+    let reply = http
+        .call(reqwest::Method::PUT, url, Some(json!({ "value": value })))
+        .await;
+    write_outcome(reply, |_| Completion::ok(value.clone()), value.clone())
+}
+
 /// Register workload: reads, writes of unique integers and CAS on a handful
 /// of keys through the pm3 KV API.
 pub struct Register {
@@ -220,17 +229,7 @@ impl Workload for Register {
                         Reply::NotSent(e) | Reply::Lost(e) => Completion::fail(Value::Null, e),
                     }
                 }
-                "write" => {
-                    let reply = http
-                        .call(
-                            reqwest::Method::PUT,
-                            &url,
-                            Some(json!({ "value": inv.value })),
-                        )
-                        .await;
-                    let v = inv.value.clone();
-                    write_outcome(reply, |_| Completion::ok(v.clone()), inv.value.clone())
-                }
+                "write" => put_value(http, &url, &inv.value).await,
                 "cas" => {
                     let body = json!({"expected": inv.value[0], "desired": inv.value[1]});
                     let reply = http
@@ -317,18 +316,9 @@ impl Workload for Set {
         base: &'a str,
         inv: &'a Invocation,
     ) -> BoxFut<'a, Completion> {
-        Box::pin(async move {
-            let url = format!("{base}/kv/s{}", inv.value);
-            let reply = http
-                .call(
-                    reqwest::Method::PUT,
-                    &url,
-                    Some(json!({ "value": inv.value })),
-                )
-                .await;
-            let v = inv.value.clone();
-            write_outcome(reply, |_| Completion::ok(v.clone()), inv.value.clone())
-        })
+        Box::pin(
+            async move { put_value(http, &format!("{base}/kv/s{}", inv.value), &inv.value).await },
+        )
     }
 
     fn keys(&self) -> Vec<String> {
