@@ -191,22 +191,7 @@ async fn leader_crash_keeps_acknowledged_writes() {
 
     // The old leader comes back with its data dir and catches up.
     c.spawn(old);
-    let res = eventually(Duration::from_secs(20), Duration::from_millis(250), || {
-        let c = &c;
-        let acked = &acked;
-        async move {
-            for (key, (rev, value)) in acked.iter().rev() {
-                let (r, _) = c.get(old, key, true).await;
-                if r.revision != *rev || r.value != *value {
-                    return Err(format!(
-                        "stale read of {key} on restarted node {old}: {r:?}, want rev {rev} {value}"
-                    ));
-                }
-            }
-            Ok(())
-        }
-    })
-    .await;
+    let res = c.wait_caught_up(old, &acked, Duration::from_secs(20)).await;
     if let Err(e) = res {
         panic!("restarted old leader {old} did not catch up within 20 s: {e}");
     }
@@ -392,22 +377,9 @@ async fn stopped_follower_catches_up_from_snapshot() {
     );
 
     c.spawn(victim);
-    let res = eventually(Duration::from_secs(30), Duration::from_millis(250), || {
-        let c = &c;
-        let expect = &expect;
-        async move {
-            for (key, (rev, v)) in expect.iter().rev() {
-                let (r, _) = c.get(victim, key, true).await;
-                if r.revision != *rev || r.value != *v {
-                    return Err(format!(
-                        "stale read {key} on {victim}: {r:?}, want {rev} {v}"
-                    ));
-                }
-            }
-            Ok(())
-        }
-    })
-    .await;
+    let res = c
+        .wait_caught_up(victim, &expect, Duration::from_secs(30))
+        .await;
     if let Err(e) = res {
         panic!("restarted follower {victim} did not catch up within 30 s: {e}");
     }

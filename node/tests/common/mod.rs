@@ -646,6 +646,28 @@ impl Cluster {
 
     /// Read one key (linearizable unless `stale`). Reads have no side
     /// effects, so any failure is retried (bounded). Panics on a non-200.
+    /// Waits (bounded) until node `id` serves every key of `expect` with
+    /// that revision and value from its own state machine (`?stale`).
+    pub async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        expect: &BTreeMap<String, (u64, Value)>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        eventually(timeout, Duration::from_millis(250), || async move {
+            for (key, (rev, value)) in expect.iter().rev() {
+                let (r, _) = self.get(id, key, true).await;
+                if r.revision != *rev || r.value != *value {
+                    return Err(format!(
+                        "stale read of {key} on node {id}: {r:?}, want rev {rev} {value}"
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn get(&self, id: NodeId, key: &str, stale: bool) -> (KvRead, Resp) {
         let url = if stale {
             format!("{}?stale", self.kv_url(id, key))
