@@ -127,6 +127,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(network::H2_STREAM_WINDOW)
+            .initial_connection_window_size(network::H2_CONNECTION_WINDOW)
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

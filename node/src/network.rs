@@ -24,6 +24,9 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// HTTP/2 flow-control windows for inter-node channels (both ends).
+pub const H2_STREAM_WINDOW: u32 = 8 << 20;
+pub const H2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// gRPC message size limit; entries carry values up to the configured max.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -46,6 +49,11 @@ impl Channels {
                     })?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
+                    // Raft batches and snapshot chunks are larger than h2's
+                    // default 64 KiB windows; waiting for WINDOW_UPDATEs
+                    // would stall them.
+                    .initial_stream_window_size(H2_STREAM_WINDOW)
+                    .initial_connection_window_size(H2_CONNECTION_WINDOW)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5));
                 // Lazy: a peer whose DNS name does not resolve yet is retried
