@@ -560,6 +560,27 @@ async fn concurrent_cas_increments_are_atomic() {
     assert!(problems.is_empty(), "CAS answer problems: {problems:?}");
 }
 
+/// Waits (bounded) until `node`'s /cluster lists exactly `want` (id → voter).
+async fn wait_members(
+    c: &Cluster,
+    node: NodeId,
+    want: &BTreeMap<NodeId, bool>,
+) -> Result<(), String> {
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async move {
+            let s = c.cluster_status_ok(node).await;
+            if &members(&s) == want {
+                Ok(())
+            } else {
+                Err(format!("{s}"))
+            }
+        },
+    )
+    .await
+}
+
 /// 6. Membership: add a 4th node as learner then voter via the CLI, then
 ///    remove node 3.
 #[tokio::test(flavor = "multi_thread")]
@@ -636,20 +657,9 @@ async fn membership_add_and_remove_via_cli() {
         .wait_for_leader_among(&[1, 2, 3, 4], Duration::from_secs(10))
         .await;
     let all_voters: BTreeMap<NodeId, bool> = (1..=4).map(|id| (id, true)).collect();
-    let r = eventually(Duration::from_secs(5), Duration::from_millis(100), || {
-        let c = &c;
-        let want = &all_voters;
-        async move {
-            let s = c.cluster_status_ok(leader).await;
-            if &members(&s) == want {
-                Ok(())
-            } else {
-                Err(format!("{s}"))
-            }
-        }
-    })
-    .await;
-    r.unwrap_or_else(|e| panic!("leader /cluster does not show voters 1..4: {e}"));
+    wait_members(&c, leader, &all_voters)
+        .await
+        .unwrap_or_else(|e| panic!("leader /cluster does not show voters 1..4: {e}"));
 
     // Node 4 serves a linearizable read of the earlier write.
     let (r, resp) = c.get(4, "t6/before", false).await;
@@ -698,20 +708,9 @@ async fn membership_add_and_remove_via_cli() {
         .wait_for_leader_among(&[1, 2, 4], Duration::from_secs(15))
         .await;
     let want: BTreeMap<NodeId, bool> = [(1, true), (2, true), (4, true)].into_iter().collect();
-    let r = eventually(Duration::from_secs(5), Duration::from_millis(100), || {
-        let c = &c;
-        let want = &want;
-        async move {
-            let s = c.cluster_status_ok(leader).await;
-            if &members(&s) == want {
-                Ok(())
-            } else {
-                Err(format!("{s}"))
-            }
-        }
-    })
-    .await;
-    r.unwrap_or_else(|e| panic!("leader /cluster does not show exactly members 1,2,4: {e}"));
+    wait_members(&c, leader, &want)
+        .await
+        .unwrap_or_else(|e| panic!("leader /cluster does not show exactly members 1,2,4: {e}"));
 
     let rev = c.put_ok(4, "t6/after-remove", json!(1)).await;
     let (r, _) = c.get(1, "t6/after-remove", false).await;
