@@ -2,8 +2,9 @@
 //! so it never needs openraft or RocksDB; the node implements it.
 
 use std::future::Future;
+use std::time::Duration;
 
-use raftmesh_proto::{ApplyResult, ClusterError, Cmd, KvEntry, NodeId, NodeInfo};
+use raftmesh_proto::{ApplyResult, ClusterError, ClusterProgress, Cmd, KvEntry, NodeId, NodeInfo};
 use serde::Serialize;
 
 /// The node's Raft view at one instant, stamped on every response as
@@ -52,6 +53,38 @@ pub struct ClusterStatus {
     pub committed_index: Option<u64>,
     pub members: Vec<MemberStatus>,
     pub leader_changes: u64,
+    /// The cluster this node's data dir belongs to (none for a cluster
+    /// formed before cluster ids existed, or a node not yet joined).
+    pub cluster_id: Option<String>,
+    /// Set when this node learned it is no longer a member; it then no
+    /// longer campaigns and should be stopped.
+    pub removed: Option<RemovedStatus>,
+}
+
+/// Why a node considers itself removed.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RemovedStatus {
+    /// Log index of the membership config without this node.
+    pub at_index: u64,
+    /// The voters of that config.
+    pub voters: Vec<NodeId>,
+    pub hint: String,
+}
+
+/// What a finished membership change did.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MembershipOutcome {
+    /// Log index of the last membership entry written.
+    pub index: u64,
+    /// add-learner: the commit index the learner had to reach, and where it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
+    /// Removed voters that did not confirm their demotion before being
+    /// dropped (likely down): stop them by hand.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_demoted: Vec<NodeId>,
 }
 
 /// What the gateway needs from the cluster. All methods are answered by the
@@ -84,16 +117,28 @@ pub trait Backend: Send + Sync + 'static {
     /// Prometheus text lines for Raft metrics (the gateway adds its own).
     fn raft_metrics_text(&self) -> String;
 
-    /// Add a non-voting member and (always) wait until it caught up.
+    /// Probe the node, add it as a non-voting member, and wait (up to
+    /// `timeout`) until it caught up to the leader's commit index as of
+    /// the call.
     fn add_learner(
         &self,
         node_id: NodeId,
         node: NodeInfo,
-    ) -> impl Future<Output = Result<u64, ClusterError>> + Send;
+        timeout: Duration,
+    ) -> impl Future<Output = Result<MembershipOutcome, ClusterError>> + Send;
 
     /// Make `voters` the set of voting members (joint consensus underneath).
+    /// Refuses to promote a learner that has not caught up or went silent,
+    /// unless `force`.
     fn change_membership(
         &self,
         voters: Vec<NodeId>,
-    ) -> impl Future<Output = Result<u64, ClusterError>> + Send;
+        force: bool,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<MembershipOutcome, ClusterError>> + Send;
+
+    /// The leader's view of every member's replication progress.
+    fn cluster_progress(
+        &self,
+    ) -> impl Future<Output = Result<ClusterProgress, ClusterError>> + Send;
 }

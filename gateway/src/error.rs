@@ -89,6 +89,9 @@ impl IntoResponse for GatewayError {
                     format!("rejected by the cluster: {m}"),
                     None,
                 ),
+                ClusterError::TimedOut(m) => {
+                    (StatusCode::GATEWAY_TIMEOUT, format!("timed out: {m}"), None)
+                }
                 ClusterError::Internal(m) => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("internal error: {m}"),
@@ -99,6 +102,7 @@ impl IntoResponse for GatewayError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %message, "request failed");
         }
+        let message = for_people(message);
         let body = match revision {
             Some(revision) => serde_json::json!({ "error": message, "revision": revision }),
             None => serde_json::json!({ "error": message }),
@@ -114,6 +118,24 @@ impl IntoResponse for GatewayError {
         }
         resp
     }
+}
+
+/// Longest error message a client gets. Errors are sentences for people;
+/// anything longer is internal state (a library's Debug dump) that belongs
+/// in the log, where the full text already went.
+const MAX_MESSAGE: usize = 400;
+
+fn for_people(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        tracing::debug!(error = %message, "error message shortened for the client");
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("… (full text in the node's log)");
+    }
+    message
 }
 
 #[cfg(test)]
@@ -132,6 +154,7 @@ mod tests {
             (ClusterError::NotReady("x".into()), 503),
             (ClusterError::Unknown("x".into()), 504),
             (ClusterError::Rejected("x".into()), 400),
+            (ClusterError::TimedOut("x".into()), 504),
             (ClusterError::Internal("x".into()), 500),
         ];
         for (e, code) in cases {
@@ -141,5 +164,16 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_for_people() {
+        let e = GatewayError::Cluster(ClusterError::NotReady("x".repeat(10_000)));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let msg = for_people("é".repeat(1000));
+        assert!(msg.len() < MAX_MESSAGE + 64, "{}", msg.len());
+        assert!(msg.ends_with("(full text in the node's log)"));
+        assert_eq!(for_people("short".into()), "short");
     }
 }

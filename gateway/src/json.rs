@@ -31,16 +31,21 @@ pub(crate) fn raw_or_null(text: &str) -> &str {
 }
 
 /// Parses a request body, telling malformed JSON apart from well-formed JSON
-/// of the wrong shape so the 400 message names the actual problem.
+/// of the wrong shape so the 400 message names the actual problem, and
+/// showing `shape` (the route's body, e.g. `{"expected": E, "desired": D}`)
+/// so the client sees what was wanted.
 /// Request bodies are JSON objects. serde's derived structs would also accept
 /// an array in field order (`[1, 2]` as value 1 at revision 2), so anything
 /// that is not an object is refused before it is decoded.
-pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    bytes: &[u8],
+    shape: &str,
+) -> Result<T, GatewayError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b != b'{') {
-        return Err(GatewayError::BadRequest(
-            "invalid request body: expected a JSON object like {\"value\": ...}".into(),
-        ));
+        return Err(GatewayError::BadRequest(format!(
+            "invalid request body: expected a JSON object like {shape}"
+        )));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         let what = if e.is_data() {
@@ -48,7 +53,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Gateway
         } else {
             "invalid JSON body"
         };
-        GatewayError::BadRequest(format!("{what}: {e}"))
+        GatewayError::BadRequest(format!("{what}: {e}; expected {shape}"))
     })
 }
 

@@ -27,7 +27,9 @@ mod ops;
 mod pm3;
 mod query;
 
-pub use backend::{Backend, ClusterStatus, MemberStatus, RaftView, WriteOutcome};
+pub use backend::{
+    Backend, ClusterStatus, MemberStatus, MembershipOutcome, RaftView, RemovedStatus, WriteOutcome,
+};
 pub use error::GatewayError;
 
 /// Room for the JSON envelope around a value (`{"value": ..., "revision":

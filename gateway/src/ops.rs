@@ -2,6 +2,8 @@
 //! `/version`, `/peers`, `/metrics`, and membership changes. Only the four
 //! liveness routes are public (see [`crate::access::PUBLIC_ROUTES`]).
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -28,6 +30,7 @@ pub(crate) fn routes<B: Backend>() -> Router<AppState<B>> {
         .route("/cluster", get(cluster::<B>))
         .route("/peers", get(peers::<B>))
         .route("/metrics", get(metrics::<B>))
+        .route("/cluster/progress", get(progress::<B>))
         .route("/cluster/add-learner", post(add_learner::<B>))
         .route("/cluster/change-membership", post(change_membership::<B>))
 }
@@ -111,12 +114,28 @@ async fn metrics<B: Backend>(State(st): State<AppState<B>>) -> Response {
     resp
 }
 
+/// The leader's replication progress per member (answered by the leader,
+/// through any node).
+async fn progress<B: Backend>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
+    to_json(&st.backend.cluster_progress().await?)
+}
+
+/// How long a membership change waits by default for a learner to catch up.
+const DEFAULT_MEMBERSHIP_TIMEOUT_MS: u64 = 120_000;
+
+fn default_membership_timeout() -> u64 {
+    DEFAULT_MEMBERSHIP_TIMEOUT_MS
+}
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AddLearnerBody {
     node_id: NodeId,
     grpc_addr: String,
     #[serde(default)]
     http_addr: String,
+    #[serde(default = "default_membership_timeout")]
+    timeout_ms: u64,
 }
 
 async fn add_learner<B: Backend>(
@@ -124,7 +143,10 @@ async fn add_learner<B: Backend>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
     let body = body.map_err(|e| body_error(e, &st.cfg))?;
-    let req: AddLearnerBody = json::parse_body(&body)?;
+    let req: AddLearnerBody = json::parse_body(
+        &body,
+        r#"{"node_id": N, "grpc_addr": "HOST:PORT", "http_addr": "HOST:PORT"}"#,
+    )?;
     if req.grpc_addr.is_empty() {
         return Err(GatewayError::BadRequest(
             "grpc_addr must not be empty".into(),
@@ -134,16 +156,22 @@ async fn add_learner<B: Backend>(
         grpc_addr: req.grpc_addr,
         http_addr: req.http_addr,
     };
-    let index = st.backend.add_learner(req.node_id, node).await?;
-    Ok(with_index(
-        json_response(format!(r#"{{"index":{index}}}"#)),
-        Some(index),
-    ))
+    let out = st
+        .backend
+        .add_learner(req.node_id, node, Duration::from_millis(req.timeout_ms))
+        .await?;
+    Ok(with_index(to_json(&out)?, Some(out.index)))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ChangeMembershipBody {
     voters: Vec<NodeId>,
+    /// Promote learners even if they have not caught up or went silent.
+    #[serde(default)]
+    force: bool,
+    #[serde(default = "default_membership_timeout")]
+    timeout_ms: u64,
 }
 
 async fn change_membership<B: Backend>(
@@ -151,13 +179,14 @@ async fn change_membership<B: Backend>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
     let body = body.map_err(|e| body_error(e, &st.cfg))?;
-    let req: ChangeMembershipBody = json::parse_body(&body)?;
+    let req: ChangeMembershipBody =
+        json::parse_body(&body, r#"{"voters": [ID, ...], "force": false}"#)?;
     if req.voters.is_empty() {
         return Err(GatewayError::BadRequest("voters must not be empty".into()));
     }
-    let index = st.backend.change_membership(req.voters).await?;
-    Ok(with_index(
-        json_response(format!(r#"{{"index":{index}}}"#)),
-        Some(index),
-    ))
+    let out = st
+        .backend
+        .change_membership(req.voters, req.force, Duration::from_millis(req.timeout_ms))
+        .await?;
+    Ok(with_index(to_json(&out)?, Some(out.index)))
 }

@@ -152,6 +152,10 @@ async fn list<B: Backend>(
     Ok(with_index(json_response(body), index))
 }
 
+/// The bodies of the write routes, as error messages show them.
+const PUT_SHAPE: &str = r#"{"value": V} or {"value": V, "revision": N}"#;
+const CAS_SHAPE: &str = r#"{"expected": E, "desired": D}"#;
+
 #[derive(Deserialize)]
 struct PutBody {
     #[serde(default, deserialize_with = "json::present")]
@@ -167,12 +171,10 @@ async fn put_key<B: Backend>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
     let body = body.map_err(|e| body_error(e, &st.cfg))?;
-    let req: PutBody = json::parse_body(&body)?;
-    let raw = req.value.ok_or_else(|| {
-        GatewayError::BadRequest(
-            r#"request body must be {"value": V} or {"value": V, "revision": N}"#.into(),
-        )
-    })?;
+    let req: PutBody = json::parse_body(&body, PUT_SHAPE)?;
+    let raw = req
+        .value
+        .ok_or_else(|| GatewayError::BadRequest(format!("request body must be {PUT_SHAPE}")))?;
     let value = stored_value(&raw, &st.cfg, "value")?;
     let out = st
         .backend
@@ -222,10 +224,10 @@ async fn cas<B: Backend>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
     let body = body.map_err(|e| body_error(e, &st.cfg))?;
-    let req: CasBody = json::parse_body(&body)?;
+    let req: CasBody = json::parse_body(&body, CAS_SHAPE)?;
     let missing = |f: &str| {
         GatewayError::BadRequest(format!(
-            r#"request body must be {{"expected": E, "desired": D}}; "{f}" is missing (use null for an absent key)"#
+            r#"request body must be {CAS_SHAPE}; "{f}" is missing (use null for an absent key)"#
         ))
     };
     let expected = req.expected.ok_or_else(|| missing("expected"))?;

@@ -12,10 +12,13 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
+use std::time::Duration;
+
 use raftmesh_gateway::{
-    router, run, Backend, ClusterStatus, GatewayConfig, MemberStatus, RaftView, WriteOutcome,
+    router, run, Backend, ClusterStatus, GatewayConfig, MemberStatus, MembershipOutcome, RaftView,
+    WriteOutcome,
 };
-use raftmesh_proto::{ApplyResult, ClusterError, Cmd, KvEntry, NodeId, NodeInfo};
+use raftmesh_proto::{ApplyResult, ClusterError, ClusterProgress, Cmd, KvEntry, NodeId, NodeInfo};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -186,6 +189,8 @@ impl Backend for Fake {
                 },
             ],
             leader_changes: 1,
+            cluster_id: Some("c1".into()),
+            removed: None,
         }
     }
 
@@ -197,20 +202,51 @@ impl Backend for Fake {
         "# TYPE raftmesh_raft_term gauge\nraftmesh_raft_term 3\n".into()
     }
 
-    async fn add_learner(&self, node_id: NodeId, node: NodeInfo) -> Result<u64, ClusterError> {
+    async fn add_learner(
+        &self,
+        node_id: NodeId,
+        node: NodeInfo,
+        _timeout: Duration,
+    ) -> Result<MembershipOutcome, ClusterError> {
         self.take_failure()?;
         let mut st = self.state.lock().unwrap();
         st.index += 1;
         st.membership.push(format!("learner {node_id} {node}"));
-        Ok(st.index)
+        Ok(MembershipOutcome {
+            index: st.index,
+            target: Some(st.index - 1),
+            matched: Some(st.index),
+            not_demoted: Vec::new(),
+        })
     }
 
-    async fn change_membership(&self, voters: Vec<NodeId>) -> Result<u64, ClusterError> {
+    async fn change_membership(
+        &self,
+        voters: Vec<NodeId>,
+        force: bool,
+        _timeout: Duration,
+    ) -> Result<MembershipOutcome, ClusterError> {
         self.take_failure()?;
         let mut st = self.state.lock().unwrap();
         st.index += 1;
-        st.membership.push(format!("voters {voters:?}"));
-        Ok(st.index)
+        st.membership
+            .push(format!("voters {voters:?} force={force}"));
+        Ok(MembershipOutcome {
+            index: st.index,
+            target: None,
+            matched: None,
+            not_demoted: Vec::new(),
+        })
+    }
+
+    async fn cluster_progress(&self) -> Result<ClusterProgress, ClusterError> {
+        self.take_failure()?;
+        Ok(ClusterProgress {
+            leader: 1,
+            committed_index: self.state.lock().unwrap().index,
+            membership_index: 1,
+            members: Vec::new(),
+        })
     }
 }
 
@@ -421,6 +457,21 @@ async fn invalid_json_is_400_naming_the_problem() {
     }
     let r = send(&app, "POST", "/kv/k/cas", "[1, 2]").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // The CAS route's errors show the CAS body, not the PUT one.
+    for body in [
+        "[1, 2]",
+        r#"{"expected": }"#,
+        r#"{"expected": 1, "desired": 2, "x": []"#,
+    ] {
+        let r = send(&app, "POST", "/kv/k/cas", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        let e = r.error();
+        assert!(
+            e.contains(r#"{"expected": E, "desired": D}"#),
+            "{body}: {e}"
+        );
+        assert!(!e.contains(r#""value""#), "{body}: {e}");
+    }
     assert!(fake.writes().is_empty());
 }
 
@@ -743,7 +794,7 @@ async fn admin_membership_routes() {
     .await;
     assert_eq!(
         (r.status, r.text.as_str()),
-        (StatusCode::OK, r#"{"index":1}"#)
+        (StatusCode::OK, r#"{"index":1,"target":0,"matched":1}"#)
     );
     assert_eq!(r.header("x-raft-index"), "1");
     let r = send(
@@ -758,7 +809,7 @@ async fn admin_membership_routes() {
         fake.state.lock().unwrap().membership,
         [
             "learner 4 grpc=10.0.0.4:7000 http=10.0.0.4:8080",
-            "voters [1, 2, 3]"
+            "voters [1, 2, 3] force=false"
         ]
     );
     let r = send(

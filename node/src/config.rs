@@ -139,44 +139,72 @@ impl Config {
 }
 
 /// `raftmesh serve` flags. Every flag is optional so that an unset flag
-/// leaves the file's or the default value in place.
+/// leaves the file's or the default value in place; the defaults in the help
+/// texts are those of [`Config::default`] (a test keeps them in step).
 #[derive(Args, Debug, Default, Clone)]
 pub struct ServeArgs {
-    /// TOML file with any of the settings below (snake_case keys).
+    /// TOML file with any of the settings below (snake_case keys, e.g.
+    /// `node_id = 2`); flags and RAFTMESH_* variables override it.
     #[arg(long, env = "RAFTMESH_CONFIG")]
     pub config: Option<PathBuf>,
+    /// This node's Raft id (> 0), unique in the cluster and stable for the
+    /// life of its data dir. [default: 1]
     #[arg(long, env = "RAFTMESH_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Directory for the Raft log, the state machine and the node's
+    /// identity; it belongs to one node of one cluster. [default: ./raftmesh-data]
     #[arg(long, env = "RAFTMESH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Address the HTTP gateway (pm3 API, /cluster, /metrics) listens on.
+    /// [default: 127.0.0.1:8080]
     #[arg(long, env = "RAFTMESH_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// Address the inter-node gRPC service listens on. [default: 127.0.0.1:7080]
     #[arg(long, env = "RAFTMESH_GRPC_ADDR")]
     pub grpc_addr: Option<String>,
+    /// gRPC address other nodes dial, when it differs from --grpc-addr
+    /// (containers, StatefulSets). [default: the --grpc-addr]
     #[arg(long, env = "RAFTMESH_ADVERTISE_GRPC")]
     pub advertise_grpc: Option<String>,
+    /// HTTP address clients are told to use for this node.
+    /// [default: the --http-addr]
     #[arg(long, env = "RAFTMESH_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
-    /// ID=HOST:PORT of a cluster member's gRPC address; repeat per member.
-    /// In the environment: RAFTMESH_PEERS, comma-separated.
+    /// ID=HOST:PORT of a cluster member's gRPC address; repeat per member,
+    /// this node included. In the environment: RAFTMESH_PEERS,
+    /// comma-separated. [default: none: a single self-initialized node]
     #[arg(long = "peer", env = "RAFTMESH_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// Leader heartbeat period, in milliseconds. [default: 100]
     #[arg(long, env = "RAFTMESH_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// A follower that hears no leader for a random time between the min
+    /// and max election timeout starts an election (ms). [default: 500]
     #[arg(long, env = "RAFTMESH_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
+    /// Upper end of the election timeout range (ms). [default: 1000]
     #[arg(long, env = "RAFTMESH_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot after this many entries were applied since the last
+    /// one. [default: 10000]
     #[arg(long, env = "RAFTMESH_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
+    /// Log entries kept behind a snapshot before purging, so a briefly
+    /// lagging follower catches up from the log. [default: 1000]
     #[arg(long, env = "RAFTMESH_KEEP_LOGS")]
     pub keep_logs: Option<u64>,
+    /// Longest pm3 key, in bytes. [default: 1024]
     #[arg(long, env = "RAFTMESH_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
+    /// Largest stored value, in bytes of compact JSON. [default: 1048576]
     #[arg(long, env = "RAFTMESH_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// How long a write waits for its commit before answering "outcome
+    /// unknown" (504), in ms. [default: 5000]
     #[arg(long, env = "RAFTMESH_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
+    /// How long a request waits for a leader to exist before answering 503,
+    /// in ms. [default: 3000]
     #[arg(long, env = "RAFTMESH_LEADER_WAIT_MS")]
     pub leader_wait_ms: Option<u64>,
 }
@@ -268,5 +296,43 @@ mod tests {
         assert!(bad(|c| c.peers = vec!["2=x:1".into()]).contains("not this node"));
         assert!(bad(|c| c.peers = vec!["1-x:1".into()]).contains("ID=HOST:PORT"));
         assert!(bad(|c| c.election_timeout_max_ms = 10).contains("election"));
+    }
+
+    /// `serve --help` states every default, and states it truly.
+    #[test]
+    fn help_names_every_default() {
+        use clap::Args as _;
+        let help = ServeArgs::augment_args(clap::Command::new("serve"))
+            .render_long_help()
+            .to_string();
+        let d = Config::default();
+        let shown = [
+            format!("[default: {}]", d.node_id),
+            format!("[default: {}]", d.data_dir.display()),
+            format!("[default: {}]", d.http_addr),
+            format!("[default: {}]", d.grpc_addr),
+            format!("[default: {}]", d.heartbeat_ms),
+            format!("[default: {}]", d.election_timeout_min_ms),
+            format!("[default: {}]", d.election_timeout_max_ms),
+            format!("[default: {}]", d.snapshot_logs),
+            format!("[default: {}]", d.keep_logs),
+            format!("[default: {}]", d.max_key_bytes),
+            format!("[default: {}]", d.max_value_bytes),
+            format!("[default: {}]", d.write_timeout_ms),
+            format!("[default: {}]", d.leader_wait_ms),
+        ];
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for s in shown {
+            assert!(flat.contains(&s), "serve --help lacks {s}:\n{help}");
+        }
+        // Every flag has a description.
+        let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+        for arg in cmd.get_arguments() {
+            assert!(
+                arg.get_help().is_some() || arg.get_long_help().is_some(),
+                "--{} has no help",
+                arg.get_id()
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use raftmesh_proto::pb::raft_service_server::RaftService;
 use raftmesh_proto::pb::{
     ForwardReply, ForwardRequest, RaftPayload, SnapshotChunk, StatusReply, StatusRequest,
 };
-use raftmesh_proto::{ClusterError, ForwardOp, NodeId, NodeInfo};
+use raftmesh_proto::{ClusterError, ForwardOp, NodeId, NodeInfo, CLUSTER_ID_HEADER};
 use serde::Serialize;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -17,6 +17,29 @@ use crate::node::Node;
 
 pub struct Service {
     pub node: Arc<Node>,
+}
+
+impl Service {
+    /// Refuses a request from another cluster; a node that has joined none
+    /// yet adopts the sender's cluster (a new member learns it from its
+    /// leader's first RPC). Requests without the header come from nodes of
+    /// a cluster formed before cluster ids existed.
+    fn admit(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let Some(theirs) = meta.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Ok(());
+        };
+        match self.node.identity.adopt_cluster(theirs) {
+            Ok(true) => {
+                tracing::info!("this node now belongs to cluster {theirs}");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                tracing::warn!("refused a request: {e}");
+                Err(Status::failed_precondition(e.to_string()))
+            }
+        }
+    }
 }
 
 fn bad_request(what: &str, e: impl std::fmt::Display) -> Status {
@@ -43,6 +66,7 @@ fn payload<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Response<RaftP
 #[tonic::async_trait]
 impl RaftService for Service {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(req.metadata())?;
         let rpc = serde_json::from_slice(&req.into_inner().data)
             .map_err(|e| bad_request("vote request", e))?;
         payload(self.node.raft.vote(rpc).await)
@@ -52,6 +76,8 @@ impl RaftService for Service {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(req.metadata())?;
+        self.node.note_append_received();
         let rpc = serde_json::from_slice(&req.into_inner().data)
             .map_err(|e| bad_request("append-entries request", e))?;
         payload(self.node.raft.append_entries(rpc).await)
@@ -61,6 +87,8 @@ impl RaftService for Service {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(req.metadata())?;
+        self.node.note_append_received();
         let mut stream = req.into_inner();
         let mut header: Option<(Vote<NodeId>, SnapshotMeta<NodeId, NodeInfo>)> = None;
         let mut data = Vec::new();
@@ -95,6 +123,7 @@ impl RaftService for Service {
         &self,
         req: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
+        self.admit(req.metadata())?;
         let req = req.into_inner();
         let op: ForwardOp =
             serde_json::from_slice(&req.op).map_err(|e| bad_request("forward op", e))?;

@@ -4,7 +4,9 @@
 //! `Backend` implementation. Clap and anyhow live only here.
 
 mod config;
+mod error;
 mod grpc;
+mod identity;
 mod network;
 mod node;
 mod read_index;
@@ -35,7 +37,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Inspect or change cluster membership through a node's gateway.
     Cluster {
-        /// Gateway URL of any member.
+        /// Gateway of any member: a URL, or HOST:PORT (http is assumed).
         #[arg(
             long,
             global = true,
@@ -52,19 +54,35 @@ enum Command {
 enum ClusterOp {
     /// Print /cluster of the endpoint node.
     Status,
-    /// Add a non-voting member and wait until it has caught up.
+    /// Add a non-voting member and wait until it has caught up to the
+    /// leader's commit index as of the call. Refused if the node does not
+    /// answer at --grpc-addr.
     AddLearner {
+        /// Id the new node was started with (`serve --node-id`).
         #[arg(long)]
         node_id: u64,
+        /// gRPC address the other nodes dial to reach it.
         #[arg(long)]
         grpc_addr: String,
+        /// HTTP address clients use for it (shown in /cluster and /peers).
         #[arg(long, default_value = "")]
         http_addr: String,
+        /// Seconds to wait for it to catch up before failing.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
-    /// Set the voting members, e.g. `--voters 1,2,4`; members left out are removed.
+    /// Set the voting members, e.g. `--voters 1,2,4`; members left out are
+    /// removed (through learner first, so they stop campaigning). New voters
+    /// must be learners that caught up and answer.
     ChangeMembership {
         #[arg(long, value_delimiter = ',', required = true)]
         voters: Vec<u64>,
+        /// Promote learners even if they lag or went silent.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for new voters to catch up before refusing.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
 }
 
@@ -96,11 +114,14 @@ fn run(rt: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal, never in a log file.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let cfg = args.resolve()?;
     tracing::info!(?cfg, "starting raftmesh node");
@@ -169,29 +190,105 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--endpoint` as a base URL: `HOST:PORT` means `http://HOST:PORT`.
+fn endpoint_url(endpoint: &str) -> anyhow::Result<String> {
+    let e = endpoint.trim().trim_end_matches('/');
+    let url = if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    };
+    let parsed = reqwest::Url::parse(&url)
+        .with_context(|| format!("--endpoint {endpoint:?} is not a URL or HOST:PORT"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        anyhow::bail!("--endpoint {endpoint:?} must be http://HOST:PORT or HOST:PORT");
+    }
+    Ok(url)
+}
+
 async fn cluster(endpoint: String, op: ClusterOp) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let base = endpoint.trim_end_matches('/');
-    let resp = match op {
-        ClusterOp::Status => http.get(format!("{base}/cluster?pretty")).send().await,
+    let base = endpoint_url(&endpoint)?;
+    let base = base.as_str();
+    let (path, body, watch) = match op {
+        ClusterOp::Status => {
+            let resp = http
+                .get(format!("{base}/cluster?pretty"))
+                .send()
+                .await
+                .with_context(|| format!("contacting {base}"))?;
+            return finish(base, resp).await;
+        }
         ClusterOp::AddLearner {
             node_id,
             grpc_addr,
             http_addr,
-        } => {
-            http.post(format!("{base}/cluster/add-learner?pretty"))
-                .json(&serde_json::json!({"node_id": node_id, "grpc_addr": grpc_addr, "http_addr": http_addr}))
-                .send()
-                .await
+            timeout,
+        } => (
+            "add-learner",
+            serde_json::json!({"node_id": node_id, "grpc_addr": grpc_addr,
+                "http_addr": http_addr, "timeout_ms": timeout * 1000}),
+            vec![node_id],
+        ),
+        ClusterOp::ChangeMembership {
+            voters,
+            force,
+            timeout,
+        } => (
+            "change-membership",
+            serde_json::json!({ "voters": voters, "force": force, "timeout_ms": timeout * 1000 }),
+            voters,
+        ),
+    };
+    let request = http
+        .post(format!("{base}/cluster/{path}?pretty"))
+        .json(&body)
+        .send();
+    tokio::pin!(request);
+    // While the change runs, show how far the members it waits for are.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    let resp = loop {
+        tokio::select! {
+            r = &mut request => break r.with_context(|| format!("contacting {base}"))?,
+            _ = tick.tick() => print_progress(&http, base, &watch).await,
         }
-        ClusterOp::ChangeMembership { voters } => {
-            http.post(format!("{base}/cluster/change-membership?pretty"))
-                .json(&serde_json::json!({ "voters": voters }))
-                .send()
-                .await
-        }
-    }
-    .with_context(|| format!("contacting {base}"))?;
+    };
+    finish(base, resp).await
+}
+
+async fn print_progress(http: &reqwest::Client, base: &str, ids: &[u64]) {
+    let Ok(resp) = http
+        .get(format!("{base}/cluster/progress"))
+        .timeout(std::time::Duration::from_millis(900))
+        .send()
+        .await
+    else {
+        return;
+    };
+    let Ok(p) = resp.json::<raftmesh_proto::ClusterProgress>().await else {
+        return;
+    };
+    // Voters already in place are not what the change waits for.
+    let parts: Vec<String> = ids
+        .iter()
+        .filter(|id| p.member(**id).is_none_or(|m| !m.voter))
+        .map(|id| match p.member(*id) {
+            None => format!("node {id}: not a member yet"),
+            Some(m) => format!(
+                "node {id}: matched {} (leader committed {}), last append {}",
+                m.matched_index
+                    .map_or_else(|| "nothing".into(), |i| i.to_string()),
+                p.committed_index,
+                m.last_contact_ms
+                    .map_or_else(|| "never".into(), |c| format!("{c} ms ago")),
+            ),
+        })
+        .collect();
+    eprintln!("waiting: {}", parts.join("; "));
+}
+
+async fn finish(base: &str, resp: reqwest::Response) -> anyhow::Result<()> {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     println!("{body}");
@@ -199,4 +296,20 @@ async fn cluster(endpoint: String, op: ClusterOp) -> anyhow::Result<()> {
         anyhow::bail!("{base} answered {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_url;
+
+    #[test]
+    fn endpoint_without_scheme_is_http() {
+        assert_eq!(
+            endpoint_url("127.0.0.1:8082").unwrap(),
+            "http://127.0.0.1:8082"
+        );
+        assert_eq!(endpoint_url("http://n1:8080/").unwrap(), "http://n1:8080");
+        let e = endpoint_url("ftp://x:1").unwrap_err().to_string();
+        assert!(e.contains("ftp://x:1"), "{e}");
+    }
 }

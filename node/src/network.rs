@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
@@ -17,10 +17,12 @@ use openraft::raft::{
 use openraft::{Snapshot, Vote};
 use raftmesh_proto::pb::raft_service_client::RaftServiceClient;
 use raftmesh_proto::pb::{self, RaftPayload, SnapshotChunk};
-use raftmesh_proto::{NodeId, NodeInfo, TypeConfig};
+use raftmesh_proto::{NodeId, NodeInfo, TypeConfig, CLUSTER_ID_HEADER};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::identity::Identity;
 
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -90,8 +92,47 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("openraft messages serialize")
 }
 
+/// Marks a request with this node's cluster id so a node of another cluster
+/// refuses it, and a node joining its first cluster learns which.
+pub fn stamp<T>(req: &mut tonic::Request<T>, identity: &Identity) {
+    if let Some(id) = identity.cluster_id() {
+        if let Ok(v) = id.parse() {
+            req.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+        }
+    }
+}
+
+/// When the leader last had an `AppendEntries` accepted by each peer.
+/// openraft 0.9 reports how far a follower matched, not when it last
+/// answered; promoting a learner needs both (a node that matched long ago
+/// and went silent must not become a voter).
+#[derive(Clone, Default)]
+pub struct Contacts {
+    inner: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Contacts {
+    fn record(&self, peer: NodeId) {
+        self.inner
+            .lock()
+            .expect("contacts poisoned")
+            .insert(peer, Instant::now());
+    }
+
+    /// Time since `peer` last accepted an append, if it ever did.
+    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+        self.inner
+            .lock()
+            .expect("contacts poisoned")
+            .get(&peer)
+            .map(Instant::elapsed)
+    }
+}
+
 pub struct NetworkFactory {
     pub channels: Channels,
+    pub identity: Arc<Identity>,
+    pub contacts: Contacts,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -102,6 +143,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.grpc_addr.clone(),
             channels: self.channels.clone(),
+            identity: self.identity.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -111,6 +154,8 @@ pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     channels: Channels,
+    identity: Arc<Identity>,
+    contacts: Contacts,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
@@ -145,6 +190,7 @@ impl PeerNetwork {
             error: Vec::new(),
         });
         request.set_timeout(ttl);
+        stamp(&mut request, &self.identity);
         let reply = call(client, request)
             .await
             .map_err(|s| self.map_status(s))?
@@ -164,10 +210,18 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move {
-            c.append_entries(r).await
-        })
-        .await
+        let resp = self
+            .unary(&rpc, option.hard_ttl(), |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await?;
+        if matches!(
+            resp,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+        ) {
+            self.contacts.record(self.target);
+        }
+        Ok(resp)
     }
 
     async fn vote(
@@ -212,6 +266,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             .map_err(|s| StreamingError::Unreachable(Unreachable::new(&s)))?;
         let mut request = tonic::Request::new(tokio_stream::iter(chunks));
         request.set_timeout(option.hard_ttl().max(Duration::from_secs(30)));
+        stamp(&mut request, &self.identity);
         let send = client.install_snapshot(request);
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),

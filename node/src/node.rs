@@ -4,28 +4,40 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::{Raft, ServerState, SnapshotPolicy};
-use raftmesh_gateway::backend::{Backend, ClusterStatus, MemberStatus, RaftView, WriteOutcome};
+use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
+use raftmesh_gateway::backend::{
+    Backend, ClusterStatus, MemberStatus, MembershipOutcome, RaftView, RemovedStatus, WriteOutcome,
+};
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, Cmd, ForwardOp, ForwardReplyBody, KvEntry, NodeId, NodeInfo, TypeConfig,
+    ClusterError, ClusterProgress, Cmd, ForwardOp, ForwardReplyBody, KvEntry, MemberProgress,
+    NodeId, NodeInfo, TypeConfig,
 };
 use raftmesh_raft_store::{StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::network::{self, Channels, NetworkFactory};
+use crate::error::NodeError;
+use crate::identity::{self, Identity};
+use crate::network::{self, Channels, Contacts, NetworkFactory};
 use crate::read_index::ReadIndexBatcher;
 use crate::write_batch::{write_error, WriteBatcher, WriteErr};
 
 /// Forwarding crosses at most this many nodes, so a request cannot loop
 /// while leadership moves between nodes with stale views.
 const MAX_HOPS: u32 = 3;
-/// How long a membership change may take (a learner may need a snapshot).
+/// How long one membership step on the leader may take.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often membership waits poll the leader's progress.
+const PROGRESS_POLL: Duration = Duration::from_millis(200);
+/// How long a removal waits for the removed voter to learn that it became a
+/// learner before dropping it anyway (it may be down).
+const DEMOTION_WAIT: Duration = Duration::from_secs(10);
+/// How long the add-learner probe waits for the new node's `Status`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Node {
     pub id: NodeId,
@@ -33,6 +45,15 @@ pub struct Node {
     reader: StoreReader,
     channels: Channels,
     cfg: Config,
+    /// Which node and cluster the data dir belongs to.
+    pub identity: Arc<Identity>,
+    /// When each follower last accepted an append (leader side).
+    contacts: Contacts,
+    /// When this node last received an `AppendEntries`: a node that hears
+    /// nothing for long asks its peers whether it is still a member.
+    last_append_rx: Mutex<Instant>,
+    /// Set once this node learned it is no longer in the membership.
+    removed: Mutex<Option<RemovedStatus>>,
     /// The `--peer` list: addresses for bootstrap and for members not yet in
     /// a membership config.
     peers: BTreeMap<NodeId, String>,
@@ -50,9 +71,15 @@ pub struct Node {
 
 impl Node {
     /// Opens the store and starts Raft (not yet the servers).
-    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(&cfg.data_dir)?;
-        let (log, sm, reader) = raftmesh_raft_store::open(&cfg.data_dir.join("db"))?;
+    pub async fn start(cfg: Config) -> Result<Arc<Self>, NodeError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::io(&cfg.data_dir, e))?;
+        let identity = Arc::new(Identity::open(&cfg.data_dir, cfg.node_id)?);
+        let db_dir = cfg.data_dir.join("db");
+        let (log, sm, reader) =
+            raftmesh_raft_store::open(&db_dir).map_err(|source| NodeError::Store {
+                path: db_dir.clone(),
+                source,
+            })?;
         let sm_metrics = sm.metrics();
         let rc = openraft::Config {
             cluster_name: "raftmesh".into(),
@@ -64,12 +91,18 @@ impl Node {
             install_snapshot_timeout: 30_000,
             ..Default::default()
         }
-        .validate()?;
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
         let channels = Channels::default();
+        let contacts = Contacts::default();
         let net = NetworkFactory {
             channels: channels.clone(),
+            identity: identity.clone(),
+            contacts: contacts.clone(),
         };
-        let raft = Raft::new(cfg.node_id, Arc::new(rc), net, log, sm).await?;
+        let raft = Raft::new(cfg.node_id, Arc::new(rc), net, log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
         let read_batcher =
             ReadIndexBatcher::new(raft.clone(), Duration::from_millis(cfg.write_timeout_ms));
         let write_batcher =
@@ -81,8 +114,14 @@ impl Node {
             raft,
             reader,
             channels,
-            peers: cfg.peer_map()?,
+            peers: cfg
+                .peer_map()
+                .map_err(|e| NodeError::Config(format!("{e:#}")))?,
             cfg,
+            identity,
+            contacts,
+            last_append_rx: Mutex::new(Instant::now()),
+            removed: Mutex::new(None),
             committed_plus1: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
             sm_metrics,
@@ -99,6 +138,7 @@ impl Node {
     pub async fn status_reply(&self) -> StatusReply {
         let m = self.raft.metrics().borrow().clone();
         let info = self.self_info();
+        let membership = m.membership_config.membership();
         StatusReply {
             node_id: self.id,
             grpc_addr: info.grpc_addr,
@@ -106,6 +146,31 @@ impl Node {
             initialized: self.raft.is_initialized().await.unwrap_or(false),
             term: m.current_term,
             leader_id: m.current_leader.unwrap_or(0),
+            cluster_id: self.identity.cluster_id().unwrap_or_default().to_string(),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            membership_index: m.membership_config.log_id().map(|l| l.index),
+        }
+    }
+
+    /// Called by the gRPC service for every `AppendEntries` received.
+    pub fn note_append_received(&self) {
+        *self.last_append_rx.lock().expect("append clock") = Instant::now();
+    }
+
+    /// Makes sure the data dir has a cluster id before this node forms a
+    /// cluster, so every member learns the same one from it.
+    fn ensure_cluster_id(&self) -> bool {
+        let id = self
+            .identity
+            .cluster_id()
+            .map_or_else(identity::new_cluster_id, str::to_owned);
+        match self.identity.adopt_cluster(&id) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!("not initializing: {e}");
+                false
+            }
         }
     }
 
@@ -117,6 +182,9 @@ impl Node {
             return;
         }
         if self.peers.is_empty() {
+            if !self.ensure_cluster_id() {
+                return;
+            }
             let members = BTreeMap::from([(self.id, self.self_info())]);
             if let Err(e) = self.raft.initialize(members).await {
                 tracing::error!("initializing single-node cluster: {e}");
@@ -135,7 +203,7 @@ impl Node {
                 match network::status(&self.channels, addr, Duration::from_secs(1)).await {
                     Ok(s) => {
                         answered += 1;
-                        joined |= s.initialized;
+                        joined |= s.initialized || !s.cluster_id.is_empty();
                         members.insert(
                             id,
                             NodeInfo {
@@ -165,6 +233,9 @@ impl Node {
                     "{answered}/{} peers answered; initializing",
                     self.peers.len()
                 );
+                if !self.ensure_cluster_id() {
+                    return;
+                }
                 if let Err(e) = self.raft.initialize(members).await {
                     tracing::error!("initializing cluster: {e}");
                 }
@@ -177,20 +248,18 @@ impl Node {
         }
     }
 
-    /// Keeps the committed index and the leader-change count fresh.
+    /// Keeps the committed index and the leader-change count fresh, and
+    /// notices when this node is no longer a member.
     pub async fn watch_state(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
         let mut last_leader = metrics.borrow().current_leader;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut membership_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    let committed = self.raft.with_raft_state(|st| st.committed.map(|l| l.index)).await;
-                    if let Ok(c) = committed {
-                        self.committed_plus1.store(c.map_or(0, |i| i + 1), Ordering::Relaxed);
-                    }
-                }
+                _ = tick.tick() => self.refresh_committed().await,
+                _ = membership_tick.tick() => self.check_membership().await,
                 r = metrics.changed() => {
                     if r.is_err() { return; }
                     let leader = metrics.borrow().current_leader;
@@ -202,6 +271,97 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    async fn refresh_committed(&self) {
+        let committed = self
+            .raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await;
+        if let Ok(c) = committed {
+            self.committed_plus1
+                .fetch_max(c.map_or(0, |i| i + 1), Ordering::Relaxed);
+        }
+    }
+
+    /// The committed index this node knows. What it applied is committed
+    /// too, so the applied index bounds it from below even between polls.
+    fn committed_index(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> Option<u64> {
+        let polled = self.committed_plus1.load(Ordering::Relaxed).checked_sub(1);
+        polled.max(m.last_applied.map(|l| l.index))
+    }
+
+    /// A node outside the membership must stop campaigning: it learns that
+    /// from its own config, or — when no leader has sent it anything for a
+    /// while (a voter removed while down never receives the config that
+    /// removes it) — from a peer that knows a newer config without it.
+    async fn check_membership(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(own_index) = m.membership_config.log_id().map(|l| l.index) else {
+            return; // not yet joined to any cluster
+        };
+        let membership = m.membership_config.membership();
+        if membership.get_node(&self.id).is_none() {
+            self.mark_removed(own_index, membership.voter_ids().collect());
+            return;
+        }
+        let silence = self.last_append_rx.lock().expect("append clock").elapsed();
+        let bound = Duration::from_millis(3 * self.cfg.election_timeout_max_ms);
+        if m.state == ServerState::Leader || silence < bound {
+            self.clear_removed();
+            return;
+        }
+        let mut addrs: BTreeSet<String> = membership
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, n)| n.grpc_addr.clone())
+            .collect();
+        addrs.extend(
+            self.peers
+                .iter()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(_, a)| a.clone()),
+        );
+        for addr in addrs {
+            let Ok(s) = network::status(&self.channels, &addr, Duration::from_millis(500)).await
+            else {
+                continue;
+            };
+            let same_cluster = s.cluster_id.is_empty()
+                || self.identity.cluster_id().is_none_or(|c| c == s.cluster_id);
+            let newer = s.membership_index.is_some_and(|i| i > own_index);
+            let without_me = !s.voters.contains(&self.id) && !s.learners.contains(&self.id);
+            if same_cluster && newer && without_me {
+                self.mark_removed(s.membership_index.unwrap_or_default(), s.voters);
+                return;
+            }
+        }
+    }
+
+    fn mark_removed(&self, at_index: u64, voters: Vec<NodeId>) {
+        let mut removed = self.removed.lock().expect("removed flag");
+        if removed.is_some() {
+            return;
+        }
+        self.raft.runtime_config().elect(false);
+        tracing::error!(
+            "node {} is not a member of the cluster (the membership at log index {at_index} \
+             has voters {voters:?}); it no longer starts elections — stop this node",
+            self.id
+        );
+        *removed = Some(RemovedStatus {
+            at_index,
+            voters,
+            hint: "this node was removed from the cluster; stop it".into(),
+        });
+    }
+
+    fn clear_removed(&self) {
+        let mut removed = self.removed.lock().expect("removed flag");
+        if removed.take().is_some() {
+            self.raft.runtime_config().elect(true);
+            tracing::info!("node {} is a member again; elections re-enabled", self.id);
         }
     }
 
@@ -294,10 +454,13 @@ impl Node {
             hops: hops + 1,
         });
         let ttl = match op {
-            ForwardOp::AddLearner { .. } | ForwardOp::ChangeMembership { .. } => MEMBERSHIP_TIMEOUT,
+            ForwardOp::AddLearner { .. }
+            | ForwardOp::ChangeMembership { .. }
+            | ForwardOp::RemoveNodes { .. } => MEMBERSHIP_TIMEOUT,
             _ => Duration::from_millis(self.cfg.write_timeout_ms + self.cfg.leader_wait_ms),
         };
         req.set_timeout(ttl);
+        network::stamp(&mut req, &self.identity);
         match client.forward(req).await {
             Ok(reply) => serde_json::from_slice(&reply.into_inner().result).map_err(|e| {
                 ClusterError::Unknown(format!("leader {leader} answered undecodably: {e}"))
@@ -333,24 +496,185 @@ impl Node {
                 .read_index()
                 .await
                 .map(|index| ForwardReplyBody::ReadIndex { index }),
-            ForwardOp::AddLearner { node_id, node } => {
-                let r = tokio::time::timeout(
-                    MEMBERSHIP_TIMEOUT,
-                    self.raft.add_learner(*node_id, node.clone(), true),
-                )
-                .await;
-                membership_result(r)
-            }
-            ForwardOp::ChangeMembership { voters } => {
+            ForwardOp::AddLearner { node_id, node } => self.add_learner_here(*node_id, node).await,
+            ForwardOp::ChangeMembership { voters, retain } => {
                 let set: BTreeSet<NodeId> = voters.iter().copied().collect();
                 let r = tokio::time::timeout(
                     MEMBERSHIP_TIMEOUT,
-                    self.raft.change_membership(set, false),
+                    self.raft
+                        .change_membership(ChangeMembers::ReplaceAllVoters(set), *retain),
                 )
                 .await;
                 membership_result(r)
             }
+            ForwardOp::RemoveNodes { ids } => {
+                let set: BTreeSet<NodeId> = ids.iter().copied().collect();
+                let r = tokio::time::timeout(
+                    MEMBERSHIP_TIMEOUT,
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(set), false),
+                )
+                .await;
+                membership_result(r)
+            }
+            ForwardOp::Progress => self.progress_here().map(ForwardReplyBody::Progress),
         }
+    }
+
+    /// On the leader: refuses a node that cannot work as a member (does not
+    /// answer, is another node, belongs to another cluster), then adds it as
+    /// a learner without waiting. openraft's blocking add only waits until
+    /// the learner is within `replication_lag_threshold` entries, which an
+    /// unreachable node "is" at once on a young cluster; the caller waits
+    /// for the returned target instead.
+    async fn add_learner_here(
+        &self,
+        node_id: NodeId,
+        node: &NodeInfo,
+    ) -> Result<ForwardReplyBody, ClusterError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == node_id)
+        {
+            return Err(ClusterError::Rejected(format!(
+                "node {node_id} is already a voter"
+            )));
+        }
+        let addr = &node.grpc_addr;
+        let probe = network::status(&self.channels, addr, PROBE_TIMEOUT)
+            .await
+            .map_err(|s| {
+                ClusterError::Rejected(format!(
+                    "node {node_id} at {addr} does not answer ({}); start it first. \
+                     Membership is unchanged",
+                    s.message()
+                ))
+            })?;
+        if probe.node_id != node_id {
+            return Err(ClusterError::Rejected(format!(
+                "the node at {addr} is node {}, not node {node_id}; membership is unchanged",
+                probe.node_id
+            )));
+        }
+        if let Some(mine) = self.identity.cluster_id() {
+            if !probe.cluster_id.is_empty() && probe.cluster_id != mine {
+                return Err(ClusterError::Rejected(format!(
+                    "node {node_id} at {addr} belongs to cluster {}, this is cluster {mine}; \
+                     give it an empty data dir. Membership is unchanged",
+                    probe.cluster_id
+                )));
+            }
+        }
+        self.refresh_committed().await;
+        let target = self.committed_index(&m).unwrap_or(0);
+        let r = tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            self.raft.add_learner(node_id, node.clone(), false),
+        )
+        .await;
+        match membership_result(r)? {
+            ForwardReplyBody::Done { index } => {
+                Ok(ForwardReplyBody::LearnerAdded { index, target })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// On the leader: every member's replication progress.
+    fn progress_here(&self) -> Result<ClusterProgress, ClusterError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Err(ClusterError::NotLeader {
+                leader: m.current_leader,
+            });
+        }
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, _)| {
+                let me = *id == self.id;
+                MemberProgress {
+                    node_id: *id,
+                    voter: voters.contains(id),
+                    matched_index: if me {
+                        m.last_log_index
+                    } else {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(id).cloned().flatten())
+                            .map(|l| l.index)
+                    },
+                    last_contact_ms: if me {
+                        Some(0)
+                    } else {
+                        self.contacts.since(*id).map(|d| d.as_millis() as u64)
+                    },
+                }
+            })
+            .collect();
+        Ok(ClusterProgress {
+            leader: self.id,
+            committed_index: self.committed_index(&m).unwrap_or(0),
+            membership_index: m.membership_config.log_id().map_or(0, |l| l.index),
+            members,
+        })
+    }
+
+    async fn progress(&self) -> Result<ClusterProgress, ClusterError> {
+        match self.route(ForwardOp::Progress, 0).await? {
+            ForwardReplyBody::Progress(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Polls the leader until `done` holds for the progress (Ok), or the
+    /// deadline passes (Err with the last progress seen).
+    async fn wait_progress(
+        &self,
+        deadline: Instant,
+        what: &str,
+        mut done: impl FnMut(&ClusterProgress) -> bool,
+    ) -> Result<ClusterProgress, ClusterProgress> {
+        let mut last_log = Instant::now();
+        loop {
+            let p = match self.progress().await {
+                Ok(p) => p,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("progress while waiting for {what}: {e}");
+                    tokio::time::sleep(PROGRESS_POLL).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("no progress while waiting for {what}: {e}");
+                    return Err(ClusterProgress {
+                        leader: 0,
+                        committed_index: 0,
+                        membership_index: 0,
+                        members: Vec::new(),
+                    });
+                }
+            };
+            if done(&p) {
+                return Ok(p);
+            }
+            if Instant::now() >= deadline {
+                return Err(p);
+            }
+            if last_log.elapsed() >= Duration::from_secs(2) {
+                tracing::info!(?p, "waiting for {what}");
+                last_log = Instant::now();
+            }
+            tokio::time::sleep(PROGRESS_POLL).await;
+        }
+    }
+
+    /// Silence bound for promotion: a learner that accepted no append for
+    /// this long is treated as down.
+    fn max_silence(&self) -> Duration {
+        Duration::from_millis((4 * self.cfg.election_timeout_max_ms).max(2_000))
     }
 
     fn view_of(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> RaftView {
@@ -400,6 +724,14 @@ impl Backend for Node {
     }
 
     async fn read_barrier(&self) -> Result<u64, ClusterError> {
+        if self.removed.lock().expect("removed flag").is_some() {
+            // Nothing is replicated here any more: a read would wait forever.
+            return Err(ClusterError::NotReady(
+                "this node was removed from the cluster and no longer receives its log; \
+                 ask another node"
+                    .into(),
+            ));
+        }
         let index = match self.route(ForwardOp::ReadIndex, 0).await? {
             ForwardReplyBody::ReadIndex { index } => index,
             other => return Err(unexpected(other)),
@@ -411,7 +743,12 @@ impl Backend for Node {
             .applied_index_at_least(Some(index), "read barrier")
             .await
             .map_err(|e| {
-                ClusterError::NotReady(format!("not caught up to read index {index}: {e}"))
+                // openraft's wait error carries its whole metrics dump: log it.
+                tracing::debug!("read barrier at {index}: {e}");
+                ClusterError::NotReady(format!(
+                    "this node has not applied the read index {index} within {} ms",
+                    wait.as_millis()
+                ))
             })?;
         Ok(m.last_applied.map_or(0, |l| l.index).max(index))
     }
@@ -446,7 +783,6 @@ impl Backend for Node {
                     .map(|l| l.index),
             })
             .collect();
-        let committed = self.committed_plus1.load(Ordering::Relaxed);
         ClusterStatus {
             id: self.id,
             role: format!("{:?}", m.state),
@@ -456,9 +792,11 @@ impl Backend for Node {
             last_applied_index: m.last_applied.map(|l| l.index),
             last_snapshot_index: m.snapshot.map(|l| l.index),
             last_purged_index: m.purged.map(|l| l.index),
-            committed_index: committed.checked_sub(1),
+            committed_index: self.committed_index(&m),
             members,
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            cluster_id: self.identity.cluster_id().map(str::to_owned),
+            removed: self.removed.lock().expect("removed flag").clone(),
         }
     }
 
@@ -469,6 +807,7 @@ impl Backend for Node {
         m.current_leader.is_some()
             && m.running_state.is_ok()
             && applied_plus1 >= self.committed_plus1.load(Ordering::Relaxed)
+            && self.removed.lock().expect("removed flag").is_none()
     }
 
     fn raft_metrics_text(&self) -> String {
@@ -555,26 +894,186 @@ impl Backend for Node {
         out
     }
 
-    async fn add_learner(&self, node_id: NodeId, node: NodeInfo) -> Result<u64, ClusterError> {
-        match self
+    /// Adds a learner and waits until its matched index reaches the leader's
+    /// commit index as of the call: a fixed target, so the wait ends under
+    /// load too.
+    async fn add_learner(
+        &self,
+        node_id: NodeId,
+        node: NodeInfo,
+        timeout: Duration,
+    ) -> Result<MembershipOutcome, ClusterError> {
+        let deadline = Instant::now() + timeout;
+        let (index, target) = match self
             .route(ForwardOp::AddLearner { node_id, node }, 0)
             .await?
         {
-            ForwardReplyBody::Done { index } => Ok(index),
-            other => Err(unexpected(other)),
+            ForwardReplyBody::LearnerAdded { index, target } => (index, target),
+            other => return Err(unexpected(other)),
+        };
+        tracing::info!("node {node_id} added as learner at index {index}; catching up to {target}");
+        let matched = |p: &ClusterProgress| p.member(node_id).and_then(|m| m.matched_index);
+        match self
+            .wait_progress(
+                deadline,
+                &format!("learner {node_id} to reach {target}"),
+                |p| matched(p).is_some_and(|i| i >= target),
+            )
+            .await
+        {
+            Ok(p) => Ok(MembershipOutcome {
+                index,
+                target: Some(target),
+                matched: matched(&p),
+                not_demoted: Vec::new(),
+            }),
+            Err(p) => Err(ClusterError::TimedOut(format!(
+                "node {node_id} was added as a learner (log index {index}) but matched {} of \
+                 target {target} within {} s; it stays a learner and is not promoted. \
+                 Check its log, then retry add-learner, or remove it",
+                matched(&p).map_or_else(|| "nothing".to_string(), |i| i.to_string()),
+                timeout.as_secs()
+            ))),
         }
     }
 
-    async fn change_membership(&self, voters: Vec<NodeId>) -> Result<u64, ClusterError> {
+    /// Sets the voters. New voters must be learners that caught up to the
+    /// leader's commit index as of the call and accepted an append recently
+    /// (unless `force`). Removed voters go through learner first, so they
+    /// learn the config that demotes them and stop campaigning; then they
+    /// are dropped.
+    async fn change_membership(
+        &self,
+        voters: Vec<NodeId>,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<MembershipOutcome, ClusterError> {
         if voters.is_empty() {
             return Err(ClusterError::Rejected("voters must not be empty".into()));
         }
-        match self
-            .route(ForwardOp::ChangeMembership { voters }, 0)
+        let deadline = Instant::now() + timeout;
+        let want: BTreeSet<NodeId> = voters.iter().copied().collect();
+        let p = self.progress().await?;
+        let current: BTreeSet<NodeId> = p
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.node_id)
+            .collect();
+        for id in want.difference(&current) {
+            if p.member(*id).is_none() {
+                return Err(ClusterError::Rejected(format!(
+                    "node {id} is not a member; add it with add-learner first"
+                )));
+            }
+        }
+        let added: Vec<NodeId> = want.difference(&current).copied().collect();
+        let removed: Vec<NodeId> = current.difference(&want).copied().collect();
+        if !force && !added.is_empty() {
+            let target = p.committed_index;
+            let bound = self.max_silence();
+            let ready = |p: &ClusterProgress| {
+                added.iter().all(|id| {
+                    p.member(*id).is_some_and(|m| {
+                        m.matched_index.is_some_and(|i| i >= target)
+                            && m.last_contact_ms
+                                .is_some_and(|c| c <= bound.as_millis() as u64)
+                    })
+                })
+            };
+            let what = format!("learners {added:?} to reach {target}");
+            if let Err(p) = self.wait_progress(deadline, &what, ready).await {
+                let mut why = Vec::new();
+                for id in &added {
+                    let m = p.member(*id);
+                    let matched = m.and_then(|m| m.matched_index);
+                    let contact = m.and_then(|m| m.last_contact_ms);
+                    if matched.is_none_or(|i| i < target) {
+                        why.push(format!(
+                            "node {id} matched {} of {target}",
+                            matched.map_or_else(|| "nothing".into(), |i| i.to_string())
+                        ));
+                    }
+                    match contact {
+                        None => why.push(format!("node {id} never accepted an append")),
+                        Some(c) if c > bound.as_millis() as u64 => why.push(format!(
+                            "node {id} last accepted an append {c} ms ago (bound {} ms)",
+                            bound.as_millis()
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                return Err(ClusterError::Rejected(format!(
+                    "not promoting: {}; membership is unchanged (--force promotes anyway)",
+                    why.join("; ")
+                )));
+            }
+        }
+        let index = match self
+            .route(
+                ForwardOp::ChangeMembership {
+                    voters,
+                    retain: true,
+                },
+                0,
+            )
             .await?
         {
-            ForwardReplyBody::Done { index } => Ok(index),
-            other => Err(unexpected(other)),
+            ForwardReplyBody::Done { index } => index,
+            other => return Err(unexpected(other)),
+        };
+        if removed.is_empty() {
+            return Ok(MembershipOutcome {
+                index,
+                target: None,
+                matched: None,
+                not_demoted: Vec::new(),
+            });
         }
+        // Wait (bounded) until each removed voter has the config that makes
+        // it a learner; one that is down will learn from its peers when it
+        // comes back (see `check_membership`).
+        let demoted = |p: &ClusterProgress, id: NodeId| {
+            p.member(id)
+                .and_then(|m| m.matched_index)
+                .is_some_and(|i| i >= index)
+        };
+        let wait_until = deadline.min(Instant::now() + DEMOTION_WAIT);
+        let what = format!("removed voters {removed:?} to learn they are learners");
+        let not_demoted = match self
+            .wait_progress(wait_until, &what, |p| {
+                removed.iter().all(|id| demoted(p, *id))
+            })
+            .await
+        {
+            Ok(_) => Vec::new(),
+            Err(p) => removed
+                .iter()
+                .copied()
+                .filter(|id| !demoted(&p, *id))
+                .collect(),
+        };
+        if !not_demoted.is_empty() {
+            tracing::warn!(
+                "removed voters {not_demoted:?} did not confirm their demotion; dropping them anyway"
+            );
+        }
+        let index = match self
+            .route(ForwardOp::RemoveNodes { ids: removed }, 0)
+            .await?
+        {
+            ForwardReplyBody::Done { index } => index,
+            other => return Err(unexpected(other)),
+        };
+        Ok(MembershipOutcome {
+            index,
+            target: None,
+            matched: None,
+            not_demoted,
+        })
+    }
+
+    async fn cluster_progress(&self) -> Result<ClusterProgress, ClusterError> {
+        self.progress().await
     }
 }

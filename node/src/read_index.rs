@@ -85,7 +85,12 @@ impl ReadIndexBatcher {
                     leader: f.leader_id,
                 })
             }
-            Ok(Err(e)) => Err(ClusterError::NotReady(format!("read index: {e}"))),
+            Ok(Err(e)) => {
+                tracing::debug!("read index: {e}");
+                Err(ClusterError::NotReady(
+                    "leadership could not be confirmed for a read".into(),
+                ))
+            }
         }
     }
 }

@@ -17,6 +17,10 @@ pub mod pb {
     tonic::include_proto!("raftmesh.v1");
 }
 
+/// gRPC request metadata carrying the sender's cluster id; a node of another
+/// cluster refuses the request, a node that has joined none adopts it.
+pub const CLUSTER_ID_HEADER: &str = "raftmesh-cluster-id";
+
 /// A Raft node id, as given by `--node-id`.
 pub type NodeId = u64;
 
@@ -148,27 +152,77 @@ pub struct KvEntry {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ForwardOp {
     /// Propose this command; the leader stamps the time.
-    Write {
-        cmd: Cmd,
-    },
+    Write { cmd: Cmd },
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
-    AddLearner {
-        node_id: NodeId,
-        node: NodeInfo,
-    },
+    /// Probe the node, then add it as a learner without waiting; the
+    /// leader answers its commit index as the catch-up target.
+    AddLearner { node_id: NodeId, node: NodeInfo },
+    /// Make `voters` the voting members. With `retain`, removed voters stay
+    /// as learners, so they are still replicated to and learn the config
+    /// that demotes them (a voter cut off at once never does, and campaigns
+    /// forever).
     ChangeMembership {
         voters: Vec<NodeId>,
+        #[serde(default)]
+        retain: bool,
     },
+    /// Drop learners from the membership.
+    RemoveNodes { ids: Vec<NodeId> },
+    /// The leader's view of every member's replication progress.
+    Progress,
+}
+
+/// Replication progress of the cluster as its leader sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ClusterProgress {
+    pub leader: NodeId,
+    /// The leader's commit index when it answered.
+    pub committed_index: u64,
+    /// Log index of the membership config in effect on the leader.
+    pub membership_index: u64,
+    pub members: Vec<MemberProgress>,
+}
+
+/// One member's replication progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MemberProgress {
+    pub node_id: NodeId,
+    pub voter: bool,
+    /// Highest log index known replicated to it.
+    pub matched_index: Option<u64>,
+    /// Milliseconds since it last accepted an append (0 for the leader;
+    /// `None` if it never did since the leader took office).
+    pub last_contact_ms: Option<u64>,
+}
+
+impl ClusterProgress {
+    pub fn member(&self, id: NodeId) -> Option<&MemberProgress> {
+        self.members.iter().find(|m| m.node_id == id)
+    }
 }
 
 /// The leader's answer to a [`ForwardOp`].
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ForwardReplyBody {
-    Written { index: u64, result: ApplyResult },
-    ReadIndex { index: u64 },
-    Done { index: u64 },
+    Written {
+        index: u64,
+        result: ApplyResult,
+    },
+    ReadIndex {
+        index: u64,
+    },
+    Done {
+        index: u64,
+    },
+    /// A learner was added at `index`; it has caught up once its matched
+    /// index reaches `target` (the commit index when it was added).
+    LearnerAdded {
+        index: u64,
+        target: u64,
+    },
+    Progress(ClusterProgress),
 }
 
 /// Cluster-level failures, shared by the node (which produces them) and the
@@ -193,6 +247,10 @@ pub enum ClusterError {
     /// The request is invalid for the cluster (e.g. membership rules).
     #[error("rejected: {0}")]
     Rejected(String),
+    /// A bounded wait ended before what it waited for happened; the message
+    /// says what did happen (e.g. a learner added but not caught up).
+    #[error("timed out: {0}")]
+    TimedOut(String),
     /// Local storage or an invariant failed.
     #[error("internal error: {0}")]
     Internal(String),
