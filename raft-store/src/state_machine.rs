@@ -197,8 +197,24 @@ pub struct SnapshotBuilder {
     metrics: Arc<StateMachineMetrics>,
 }
 
+/// A snapshot read from one point-in-time view, not yet stored as current.
+pub(crate) struct Captured {
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    data: Vec<u8>,
+}
+
 impl SnapshotBuilder {
+    /// Build = capture, then save; two steps so the save can be checked
+    /// against whatever happened to the live state while capturing.
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let captured = self.capture()?;
+        self.save(captured)
+    }
+
+    /// Reads `last_applied`, membership and the whole `sm` family from one
+    /// RocksDB snapshot, so the three agree with each other even if applies
+    /// or a snapshot install change the live state meanwhile.
+    pub(crate) fn capture(&self) -> Result<Captured, StoreError> {
         let snap = self.db.snapshot();
         let get_meta = |key: &[u8]| snap.get_cf(cf(&self.db, CF_SM_META), key);
         let last_applied: Option<LogId<NodeId>> = get_meta(KEY_LAST_APPLIED)?
@@ -226,6 +242,12 @@ impl SnapshotBuilder {
             last_membership: membership,
             snapshot_id,
         };
+        Ok(Captured { meta, data })
+    }
+
+    /// Stores a captured snapshot as the current one.
+    pub(crate) fn save(&self, captured: Captured) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let Captured { meta, data } = captured;
         let mut batch = WriteBatch::default();
         let m = cf(&self.db, CF_SM_META);
         batch.put_cf(m, KEY_SNAPSHOT_META, serde_json::to_vec(&meta)?);
