@@ -46,6 +46,8 @@ pub enum StoreError {
     Codec(#[from] serde_json::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    #[error("snapshot at {incoming} is older than the current snapshot at {current}")]
+    StaleSnapshot { incoming: String, current: String },
 }
 
 impl StoreError {

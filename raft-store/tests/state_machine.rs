@@ -174,3 +174,70 @@ async fn a_batch_applies_in_order_at_one_revision() {
     assert!(reader.kv_get("c").unwrap().is_none());
     assert_eq!(reader.kv_list("").unwrap(), vec!["a", "b", "d"]);
 }
+
+fn puts(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+    range
+        .map(|i| entry(i, put(&format!("k{i:03}"), &i.to_string(), None)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_newer_build_replaces_the_stored_snapshot_and_an_equal_one_does_not() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        sm.apply(puts(1..=3)).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let old = builder.build_snapshot().await.unwrap();
+        assert_eq!(old.meta.last_log_id.unwrap().index, 3);
+
+        sm.apply(puts(4..=6)).await.unwrap();
+        let new = builder.build_snapshot().await.unwrap();
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, new.meta);
+        assert_eq!(cur.snapshot.into_inner(), new.snapshot.into_inner());
+
+        // Same last_log_id, same state: the stored copy stays.
+        let again = builder.build_snapshot().await.unwrap();
+        assert_eq!(again.meta.last_log_id, new.meta.last_log_id);
+        assert_ne!(again.meta.snapshot_id, new.meta.snapshot_id);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, new.meta);
+    }
+    let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta.last_log_id.unwrap().index, 6);
+}
+
+#[tokio::test]
+async fn an_install_older_than_the_stored_snapshot_is_refused() {
+    let (d1, d2) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_l1, mut old_source, _r1) = open(d1.path()).unwrap();
+    old_source.apply(puts(1..=3)).await.unwrap();
+    let old = old_source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let (_l2, mut sm, reader) = open(d2.path()).unwrap();
+    sm.apply(puts(1..=6)).await.unwrap();
+    let stored = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let err = sm
+        .install_snapshot(&old.meta, old.snapshot)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("older"), "{err}");
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, stored.meta);
+    let (last, _) = sm.applied_state().await.unwrap();
+    assert_eq!(last.unwrap().index, 6);
+    assert_eq!(reader.kv_list("k").unwrap().len(), 6);
+}
