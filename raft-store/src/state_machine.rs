@@ -84,6 +84,49 @@ impl StateMachine {
         })
     }
 
+    /// Run at open, before openraft reads the store. The log is only purged
+    /// up to a stored snapshot, so a snapshot behind the purge point was
+    /// left by a build that overwrote a newer install (before saves were
+    /// monotonic). It cannot serve a lagging follower, whose missing entries
+    /// after it are gone, and openraft expects `purged <= snapshot`. The
+    /// state itself is sound if it is at or past the purge point, so the
+    /// stale snapshot is dropped and openraft rebuilds one from the current
+    /// state as it starts (it builds when the log is purged but there is no
+    /// snapshot, `StorageHelper::get_initial_state`). A state behind the
+    /// purge point needs entries that are gone: nothing local can repair it.
+    pub(crate) fn check_purge_point(
+        &self,
+        last_purged: Option<LogId<NodeId>>,
+    ) -> Result<(), StoreError> {
+        if last_purged.is_none() {
+            return Ok(());
+        }
+        let applied: Option<LogId<NodeId>> = self.meta(KEY_LAST_APPLIED)?;
+        if applied < last_purged {
+            return Err(StoreError::Corrupt(format!(
+                "the log is purged up to {} but the state machine is applied only up to {}; \
+                 the entries in between are gone",
+                show(&last_purged),
+                show(&applied),
+            )));
+        }
+        let _guard = self.save_lock.lock();
+        let stored: Option<SnapshotMeta<NodeId, NodeInfo>> = self.meta(KEY_SNAPSHOT_META)?;
+        if let Some(s) = stored.filter(|s| s.last_log_id < last_purged) {
+            tracing::warn!(
+                snapshot = %show(&s.last_log_id),
+                purged = %show(&last_purged),
+                "stored snapshot is older than the log's purge point; dropping it to be rebuilt"
+            );
+            let mut batch = WriteBatch::default();
+            let m = cf(&self.db, CF_SM_META);
+            batch.delete_cf(m, KEY_SNAPSHOT_META);
+            batch.delete_cf(m, KEY_SNAPSHOT_DATA);
+            self.db.write_opt(batch, &synced())?;
+        }
+        Ok(())
+    }
+
     /// Shared counters, readable while openraft owns the state machine.
     pub fn metrics(&self) -> Arc<StateMachineMetrics> {
         self.metrics.clone()

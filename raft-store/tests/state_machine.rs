@@ -1,9 +1,9 @@
 //! Apply semantics and snapshots on a real RocksDB directory.
 
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftLogStorage, RaftStateMachine, StorageHelper};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use raftmesh_proto::{ApplyResult, Cmd, LogEntry, TypeConfig};
-use raftmesh_raft_store::open;
+use raftmesh_raft_store::{open, StoreError};
 use tempfile::TempDir;
 
 fn entry(index: u64, cmd: Cmd) -> Entry<TypeConfig> {
@@ -240,4 +240,53 @@ async fn an_install_older_than_the_stored_snapshot_is_refused() {
     let (last, _) = sm.applied_state().await.unwrap();
     assert_eq!(last.unwrap().index, 6);
     assert_eq!(reader.kv_list("k").unwrap().len(), 6);
+}
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+/// What a build that overwrote a newer install left behind: a snapshot at 5
+/// while the log is purged up to 10.
+#[tokio::test]
+async fn open_drops_a_snapshot_older_than_the_purge_point_for_openraft_to_rebuild() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm, _reader) = open(dir.path()).unwrap();
+        sm.apply(puts(1..=5)).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.apply(puts(6..=10)).await.unwrap();
+        log.purge(log_id(10)).await.unwrap();
+    }
+    let (mut log, mut sm, _reader) = open(dir.path()).unwrap();
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+
+    let state = StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .unwrap();
+    assert_eq!(state.snapshot_meta.last_log_id, Some(log_id(10)));
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta.last_log_id, Some(log_id(10)));
+}
+
+#[tokio::test]
+async fn open_refuses_a_state_machine_behind_the_purge_point() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm, _reader) = open(dir.path()).unwrap();
+        sm.apply(puts(1..=3)).await.unwrap();
+        log.purge(log_id(10)).await.unwrap();
+    }
+    match open(dir.path()) {
+        Err(StoreError::Corrupt(msg)) => {
+            assert!(msg.contains("index 10") && msg.contains("index 3"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("opened a state machine behind the purge point"),
+    }
 }
