@@ -46,6 +46,8 @@ pub enum StoreError {
     Codec(#[from] serde_json::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    #[error("snapshot at {incoming} is older than the current snapshot at {current}")]
+    StaleSnapshot { incoming: String, current: String },
 }
 
 impl StoreError {
@@ -59,6 +61,10 @@ impl StoreError {
 
 /// Opens (or creates) the store in `dir` and returns the two openraft halves
 /// and a reader for local queries; all share one RocksDB handle.
+///
+/// Fails with [`StoreError::Corrupt`] if the state machine is behind the
+/// log's purge point, and drops a stored snapshot behind it so openraft
+/// rebuilds one as it starts.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -69,6 +75,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreEr
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
     let reader = StoreReader { db: db.clone() };
     let sm = StateMachine::new(db.clone())?;
+    sm.check_purge_point(log_store::last_purged(&db)?)?;
     Ok((LogStore::new(db), sm, reader))
 }
 

@@ -27,6 +27,12 @@ fn synced() -> WriteOptions {
     w
 }
 
+/// The purge point, read before openraft takes the store (see `crate::open`).
+pub(crate) fn last_purged(db: &DB) -> Result<Option<LogId<NodeId>>, StoreError> {
+    let raw = db.get_cf(cf(db, CF_RAFT_META), KEY_LAST_PURGED)?;
+    Ok(raw.map(|v| serde_json::from_slice(&v)).transpose()?)
+}
+
 /// Log storage. Cheap to clone: openraft takes clones as log readers.
 #[derive(Clone)]
 pub struct LogStore {
@@ -116,8 +122,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_purged: Option<LogId<NodeId>> =
-            self.get_meta(KEY_LAST_PURGED).map_err(StoreError::read)?;
+        let last_purged = last_purged(&self.db).map_err(StoreError::read)?;
         let last = self.last_log_id().map_err(StoreError::read)?;
         Ok(LogState {
             last_purged_log_id: last_purged,

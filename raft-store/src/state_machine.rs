@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -36,10 +36,43 @@ pub struct StateMachineMetrics {
     pub snapshots_installed: AtomicU64,
 }
 
+/// Held around every read-compare-write of the stored snapshot. openraft
+/// runs a build on its own task while the state machine task may install a
+/// snapshot; RocksDB has no compare-and-set, so without this a build could
+/// read "nothing newer stored", lose the CPU to an install, and then
+/// overwrite the installed snapshot with an older one.
+#[derive(Clone, Default)]
+struct SaveLock(Arc<Mutex<()>>);
+
+impl SaveLock {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The mutex guards no data, so a panic while holding it leaves
+        // nothing inconsistent behind.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether a snapshot at `last_log_id` may replace the stored one: only if
+/// it is strictly newer by `LogId` order, the order openraft's engine uses
+/// to pick its current snapshot (it ignores one `<=` its own), so the stored
+/// snapshot and the engine's view never disagree. An equal log id means the
+/// same committed state, so keeping the stored copy loses nothing.
+fn supersedes(
+    last_log_id: &Option<LogId<NodeId>>,
+    stored: Option<&SnapshotMeta<NodeId, NodeInfo>>,
+) -> bool {
+    stored.is_none_or(|s| *last_log_id > s.last_log_id)
+}
+
+fn show(id: &Option<LogId<NodeId>>) -> String {
+    id.map_or_else(|| "none".into(), |l| format!("index {} ({l})", l.index))
+}
+
 /// State machine; owned by openraft after `Raft::new`.
 pub struct StateMachine {
     db: Arc<DB>,
     metrics: Arc<StateMachineMetrics>,
+    save_lock: SaveLock,
 }
 
 impl StateMachine {
@@ -47,7 +80,51 @@ impl StateMachine {
         Ok(Self {
             db,
             metrics: Arc::default(),
+            save_lock: SaveLock::default(),
         })
+    }
+
+    /// Run at open, before openraft reads the store. The log is only purged
+    /// up to a stored snapshot, so a snapshot behind the purge point was
+    /// left by a build that overwrote a newer install (before saves were
+    /// monotonic). It cannot serve a lagging follower, whose missing entries
+    /// after it are gone, and openraft expects `purged <= snapshot`. The
+    /// state itself is sound if it is at or past the purge point, so the
+    /// stale snapshot is dropped and openraft rebuilds one from the current
+    /// state as it starts (it builds when the log is purged but there is no
+    /// snapshot, `StorageHelper::get_initial_state`). A state behind the
+    /// purge point needs entries that are gone: nothing local can repair it.
+    pub(crate) fn check_purge_point(
+        &self,
+        last_purged: Option<LogId<NodeId>>,
+    ) -> Result<(), StoreError> {
+        if last_purged.is_none() {
+            return Ok(());
+        }
+        let applied: Option<LogId<NodeId>> = self.meta(KEY_LAST_APPLIED)?;
+        if applied < last_purged {
+            return Err(StoreError::Corrupt(format!(
+                "the log is purged up to {} but the state machine is applied only up to {}; \
+                 the entries in between are gone",
+                show(&last_purged),
+                show(&applied),
+            )));
+        }
+        let _guard = self.save_lock.lock();
+        let stored: Option<SnapshotMeta<NodeId, NodeInfo>> = self.meta(KEY_SNAPSHOT_META)?;
+        if let Some(s) = stored.filter(|s| s.last_log_id < last_purged) {
+            tracing::warn!(
+                snapshot = %show(&s.last_log_id),
+                purged = %show(&last_purged),
+                "stored snapshot is older than the log's purge point; dropping it to be rebuilt"
+            );
+            let mut batch = WriteBatch::default();
+            let m = cf(&self.db, CF_SM_META);
+            batch.delete_cf(m, KEY_SNAPSHOT_META);
+            batch.delete_cf(m, KEY_SNAPSHOT_DATA);
+            self.db.write_opt(batch, &synced())?;
+        }
+        Ok(())
     }
 
     /// Shared counters, readable while openraft owns the state machine.
@@ -56,8 +133,7 @@ impl StateMachine {
     }
 
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        let raw = self.db.get_cf(cf(&self.db, CF_SM_META), key)?;
-        Ok(raw.map(|v| serde_json::from_slice(&v)).transpose()?)
+        read_meta(&self.db, key)
     }
 
     fn kv_lookup(
@@ -136,18 +212,24 @@ impl StateMachine {
             }
         })
     }
+}
 
-    fn save_current_snapshot(
-        &self,
-        batch: &mut WriteBatch,
-        meta: &SnapshotMeta<NodeId, NodeInfo>,
-        data: &[u8],
-    ) -> Result<(), StoreError> {
-        let m = cf(&self.db, CF_SM_META);
-        batch.put_cf(m, KEY_SNAPSHOT_META, serde_json::to_vec(meta)?);
-        batch.put_cf(m, KEY_SNAPSHOT_DATA, data);
-        Ok(())
-    }
+/// Callers hold the [`SaveLock`] and have checked [`supersedes`].
+fn put_snapshot(
+    db: &DB,
+    batch: &mut WriteBatch,
+    meta: &SnapshotMeta<NodeId, NodeInfo>,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let m = cf(db, CF_SM_META);
+    batch.put_cf(m, KEY_SNAPSHOT_META, serde_json::to_vec(meta)?);
+    batch.put_cf(m, KEY_SNAPSHOT_DATA, data);
+    Ok(())
+}
+
+fn read_meta<T: for<'de> Deserialize<'de>>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
+    let raw = db.get_cf(cf(db, CF_SM_META), key)?;
+    Ok(raw.map(|v| serde_json::from_slice(&v)).transpose()?)
 }
 
 fn synced() -> WriteOptions {
@@ -195,10 +277,28 @@ fn read_pairs(mut data: &[u8]) -> Result<Vec<Pair<'_>>, StoreError> {
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     metrics: Arc<StateMachineMetrics>,
+    save_lock: SaveLock,
+}
+
+/// A snapshot read from one point-in-time view, not yet stored as current.
+pub(crate) struct Captured {
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    data: Vec<u8>,
 }
 
 impl SnapshotBuilder {
+    /// Build = capture, then save; two steps so the save can be checked
+    /// against whatever happened to the live state while capturing.
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let captured = self.capture()?;
+        self.save(captured)
+    }
+
+    /// Reads `last_applied`, membership and the whole `sm` family from one
+    /// RocksDB snapshot, so the three agree with each other even if applies
+    /// or a snapshot install change the live state meanwhile: the result is
+    /// the state exactly as of `last_applied`, possibly already stale.
+    pub(crate) fn capture(&self) -> Result<Captured, StoreError> {
         let snap = self.db.snapshot();
         let get_meta = |key: &[u8]| snap.get_cf(cf(&self.db, CF_SM_META), key);
         let last_applied: Option<LogId<NodeId>> = get_meta(KEY_LAST_APPLIED)?
@@ -226,11 +326,41 @@ impl SnapshotBuilder {
             last_membership: membership,
             snapshot_id,
         };
-        let mut batch = WriteBatch::default();
-        let m = cf(&self.db, CF_SM_META);
-        batch.put_cf(m, KEY_SNAPSHOT_META, serde_json::to_vec(&meta)?);
-        batch.put_cf(m, KEY_SNAPSHOT_DATA, &data);
-        self.db.write_opt(batch, &synced())?;
+        Ok(Captured { meta, data })
+    }
+
+    /// Stores a captured snapshot as the current one unless a newer one is
+    /// stored by now (an install from the leader overtook this build).
+    ///
+    /// Either way the captured snapshot is returned. openraft keeps only its
+    /// metadata (`core/sm/worker.rs`, `Worker::build_snapshot`) and hands it
+    /// to `Engine::finish_building_snapshot`, whose
+    /// `SnapshotHandler::update_snapshot` drops a snapshot `<=` the one it
+    /// already has; the engine took the installed snapshot's metadata before
+    /// the install reached us (`FollowingHandler::install_full_snapshot`),
+    /// so a lost build neither moves its snapshot state nor triggers a purge.
+    /// Returning the stored snapshot instead would be just as ignored, and
+    /// cost a read of its whole body. (At startup openraft does use the
+    /// result as its snapshot, `StorageHelper::get_initial_state`, but
+    /// nothing installs concurrently there, so it is the stored one.)
+    pub(crate) fn save(&self, captured: Captured) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let Captured { meta, data } = captured;
+        {
+            let _guard = self.save_lock.lock();
+            let stored: Option<SnapshotMeta<NodeId, NodeInfo>> =
+                read_meta(&self.db, KEY_SNAPSHOT_META)?;
+            if supersedes(&meta.last_log_id, stored.as_ref()) {
+                let mut batch = WriteBatch::default();
+                put_snapshot(&self.db, &mut batch, &meta, &data)?;
+                self.db.write_opt(batch, &synced())?;
+            } else {
+                tracing::info!(
+                    built = %show(&meta.last_log_id),
+                    stored = %show(&stored.and_then(|s| s.last_log_id)),
+                    "built snapshot is not newer than the stored one; keeping the stored one"
+                );
+            }
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -308,6 +438,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             metrics: self.metrics.clone(),
+            save_lock: self.save_lock.clone(),
         }
     }
 
@@ -320,6 +451,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// Replaces the whole state with the snapshot in one synced batch: the
     /// old data is range-deleted and the new data, `last_applied`,
     /// membership and the snapshot itself are written atomically.
+    ///
+    /// Refuses a snapshot older than the stored one: the stored snapshot is
+    /// at most `last_applied`, and openraft only installs snapshots newer
+    /// than what it has committed, so this would be a bug that moves the
+    /// state backwards.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
@@ -327,6 +463,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
         let install = || -> Result<(), StoreError> {
+            let _guard = self.save_lock.lock();
+            let stored: Option<SnapshotMeta<NodeId, NodeInfo>> = self.meta(KEY_SNAPSHOT_META)?;
+            if let Some(s) = &stored {
+                if s.last_log_id > meta.last_log_id {
+                    return Err(StoreError::StaleSnapshot {
+                        incoming: show(&meta.last_log_id),
+                        current: show(&s.last_log_id),
+                    });
+                }
+            }
             let mut batch = WriteBatch::default();
             let sm = cf(&self.db, CF_SM);
             batch.delete_range_cf(sm, &[][..], SM_KEY_END);
@@ -340,7 +486,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 KEY_MEMBERSHIP,
                 serde_json::to_vec(&meta.last_membership)?,
             );
-            self.save_current_snapshot(&mut batch, meta, &data)?;
+            if supersedes(&meta.last_log_id, stored.as_ref()) {
+                put_snapshot(&self.db, &mut batch, meta, &data)?;
+            }
             self.db.write_opt(batch, &synced())?;
             Ok(())
         };
@@ -368,5 +516,85 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }))
         };
         read().map_err(StoreError::read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The build/install race, made deterministic by running the builder's
+    //! two steps by hand with an install in between.
+
+    use openraft::storage::RaftLogStorage;
+    use openraft::CommittedLeaderId;
+    use raftmesh_proto::LogEntry;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::open;
+
+    fn puts(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+        range
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(LogEntry {
+                    time_ms: 0,
+                    cmd: Cmd::KvPut {
+                        key: format!("k{i:03}"),
+                        value: i.to_string(),
+                        if_revision: None,
+                    },
+                }),
+            })
+            .collect()
+    }
+
+    fn index(s: &Snapshot<TypeConfig>) -> u64 {
+        s.meta.last_log_id.expect("non-empty snapshot").index
+    }
+
+    #[tokio::test]
+    async fn a_build_finishing_after_a_newer_install_keeps_the_installed_snapshot() {
+        // The leader's snapshot at 10, to be installed on the follower.
+        let leader_dir = TempDir::new().unwrap();
+        let (_l, mut leader, _r) = open(leader_dir.path()).unwrap();
+        leader.apply(puts(1..=10)).await.unwrap();
+        let newer = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let newer_data = newer.snapshot.get_ref().clone();
+
+        let dir = TempDir::new().unwrap();
+        {
+            let (mut log, mut sm, reader) = open(dir.path()).unwrap();
+            sm.apply(puts(1..=4)).await.unwrap();
+            let builder = sm.get_snapshot_builder().await;
+            let captured = builder.capture().unwrap();
+
+            sm.install_snapshot(&newer.meta, Box::new(Cursor::new(newer_data.clone())))
+                .await
+                .unwrap();
+            // openraft purges the log up to an installed snapshot.
+            log.purge(newer.meta.last_log_id.unwrap()).await.unwrap();
+
+            let built = builder.save(captured).unwrap();
+            assert_eq!(index(&built), 4, "the build still reports what it built");
+
+            let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(index(&cur), 10);
+            assert_eq!(cur.meta, newer.meta);
+            assert_eq!(cur.snapshot.into_inner(), newer_data);
+            // The live state is the installed one; the build did not touch it.
+            assert_eq!(reader.kv_list("").unwrap().len(), 10);
+        }
+
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, newer.meta);
+        assert_eq!(cur.snapshot.into_inner(), newer_data);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.unwrap().index, 10);
     }
 }

@@ -1,9 +1,9 @@
 //! Apply semantics and snapshots on a real RocksDB directory.
 
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftLogStorage, RaftStateMachine, StorageHelper};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use raftmesh_proto::{ApplyResult, Cmd, LogEntry, TypeConfig};
-use raftmesh_raft_store::open;
+use raftmesh_raft_store::{open, StoreError};
 use tempfile::TempDir;
 
 fn entry(index: u64, cmd: Cmd) -> Entry<TypeConfig> {
@@ -173,4 +173,120 @@ async fn a_batch_applies_in_order_at_one_revision() {
     assert_eq!(reader.kv_get("a").unwrap().unwrap().value, "1");
     assert!(reader.kv_get("c").unwrap().is_none());
     assert_eq!(reader.kv_list("").unwrap(), vec!["a", "b", "d"]);
+}
+
+fn puts(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+    range
+        .map(|i| entry(i, put(&format!("k{i:03}"), &i.to_string(), None)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_newer_build_replaces_the_stored_snapshot_and_an_equal_one_does_not() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        sm.apply(puts(1..=3)).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let old = builder.build_snapshot().await.unwrap();
+        assert_eq!(old.meta.last_log_id.unwrap().index, 3);
+
+        sm.apply(puts(4..=6)).await.unwrap();
+        let new = builder.build_snapshot().await.unwrap();
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, new.meta);
+        assert_eq!(cur.snapshot.into_inner(), new.snapshot.into_inner());
+
+        // Same last_log_id, same state: the stored copy stays.
+        let again = builder.build_snapshot().await.unwrap();
+        assert_eq!(again.meta.last_log_id, new.meta.last_log_id);
+        assert_ne!(again.meta.snapshot_id, new.meta.snapshot_id);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, new.meta);
+    }
+    let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta.last_log_id.unwrap().index, 6);
+}
+
+#[tokio::test]
+async fn an_install_older_than_the_stored_snapshot_is_refused() {
+    let (d1, d2) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_l1, mut old_source, _r1) = open(d1.path()).unwrap();
+    old_source.apply(puts(1..=3)).await.unwrap();
+    let old = old_source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let (_l2, mut sm, reader) = open(d2.path()).unwrap();
+    sm.apply(puts(1..=6)).await.unwrap();
+    let stored = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let err = sm
+        .install_snapshot(&old.meta, old.snapshot)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("older"), "{err}");
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, stored.meta);
+    let (last, _) = sm.applied_state().await.unwrap();
+    assert_eq!(last.unwrap().index, 6);
+    assert_eq!(reader.kv_list("k").unwrap().len(), 6);
+}
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+/// What a build that overwrote a newer install left behind: a snapshot at 5
+/// while the log is purged up to 10.
+#[tokio::test]
+async fn open_drops_a_snapshot_older_than_the_purge_point_for_openraft_to_rebuild() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm, _reader) = open(dir.path()).unwrap();
+        sm.apply(puts(1..=5)).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.apply(puts(6..=10)).await.unwrap();
+        log.purge(log_id(10)).await.unwrap();
+    }
+    let (mut log, mut sm, _reader) = open(dir.path()).unwrap();
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+
+    let state = StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .unwrap();
+    assert_eq!(state.snapshot_meta.last_log_id, Some(log_id(10)));
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta.last_log_id, Some(log_id(10)));
+}
+
+#[tokio::test]
+async fn open_refuses_a_state_machine_behind_the_purge_point() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm, _reader) = open(dir.path()).unwrap();
+        sm.apply(puts(1..=3)).await.unwrap();
+        log.purge(log_id(10)).await.unwrap();
+    }
+    match open(dir.path()) {
+        Err(StoreError::Corrupt(msg)) => {
+            assert!(msg.contains("index 10") && msg.contains("index 3"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("opened a state machine behind the purge point"),
+    }
 }
