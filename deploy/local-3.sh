@@ -180,7 +180,6 @@ node_arg() {
 
 cmd_up() {
   local i pid bin=""
-  mkdir -p "$DIR"
   for i in "${NODES[@]}"; do
     pid="$(node_pid "$i")"
     if [ -n "$pid" ]; then
@@ -188,6 +187,7 @@ cmd_up() {
       continue
     fi
     [ -n "$bin" ] || bin="$(find_bin)"
+    mkdir -p "$DIR"
     [ -f "$DIR/ports" ] || echo "$HTTP_PORT $GRPC_PORT" >"$DIR/ports"
     start_node "$i" "$bin"
   done

@@ -3,7 +3,9 @@
 # examples, on real nodes on loopback:
 #   - the binary is found under $CARGO_TARGET_DIR/release;
 #   - `up` twice: the second says the nodes run and keeps their pids;
-#   - `stop 2` waits for the exit, `start 2` brings it back;
+#   - `stop 2` waits for the exit (kill -9 after the bound, for a node that
+#     does not act on TERM), `start 2` brings it back;
+#   - `up` of a second cluster on the same ports fails and names the port;
 #   - a node killed with -9 (stale pid file) is restarted by `up`, alone;
 #   - a node whose pid file was lost is found, not started twice;
 #   - `down` keeps the data, `down --purge` leaves nothing;
@@ -53,7 +55,7 @@ ln -s "$BIN" "$TMP/target/release/raftmesh"
 l3() {
   env -u RAFTMESH_BIN CARGO_TARGET_DIR="$TMP/target" RAFTMESH_LOCAL_DIR="$STATE" \
     RAFTMESH_LOCAL_HTTP_PORT="$HTTP_PORT" RAFTMESH_LOCAL_GRPC_PORT="$GRPC_PORT" \
-    RAFTMESH_LOCAL_WAIT_S=30 RAFTMESH_LOCAL_STOP_S=10 timeout 90 "$L3" "$@"
+    RAFTMESH_LOCAL_WAIT_S=30 RAFTMESH_LOCAL_STOP_S="${STOP_S:-10}" timeout 90 "$L3" "$@"
 }
 
 pass=0
@@ -167,9 +169,8 @@ say "binary $BIN, state in $STATE, HTTP ports $HTTP_PORT-$((HTTP_PORT + 2))"
 out="$(env -u RAFTMESH_BIN CARGO_TARGET_DIR="$TMP/none" RAFTMESH_LOCAL_DIR="$STATE" \
   RAFTMESH_LOCAL_HTTP_PORT="$HTTP_PORT" RAFTMESH_LOCAL_GRPC_PORT="$GRPC_PORT" timeout 30 "$L3" up 2>&1)"
 rc=$?
-[ "$rc" != 0 ] && [[ "$out" == *"$TMP/none/release/raftmesh"* ]]
-check "up without a binary fails and names \$CARGO_TARGET_DIR/release/raftmesh"
-l3 down --purge >/dev/null 2>&1
+[ "$rc" != 0 ] && [[ "$out" == *"$TMP/none/release/raftmesh"* ]] && [ ! -e "$STATE" ]
+check "up without a binary fails, names \$CARGO_TARGET_DIR/release/raftmesh, creates nothing"
 
 # --- up, README pass 1 on the fresh cluster -------------------------------
 if ! out="$(l3 up 2>&1)"; then
@@ -229,6 +230,19 @@ read -r _ q2 _ <<<"$PIDS"
 check "start 2: ready, new pid $q2"
 out="$(l3 start 2)" && grep -q "already running (pid $q2)" <<<"$out"
 check "start 2 when running: says so, same pid"
+# A node that does not act on TERM (here: stopped) is killed after the bound.
+kill -STOP "$q2"
+t0=$SECONDS
+out="$(STOP_S=2 l3 stop 2 2>&1)"
+rc=$?
+[ "$rc" = 0 ] && ! alive "$q2" && grep -q "kill -9" <<<"$out" && [ $((SECONDS - t0)) -le 6 ]
+check "stop 2 of a node ignoring TERM: kill -9 after RAFTMESH_LOCAL_STOP_S=2"
+out="$(l3 start 2 2>&1)"
+rc=$?
+pids
+read -r _ q2 _ <<<"$PIDS"
+[ "$rc" = 0 ] && alive "$q2"
+check "start 2 again (pid $q2)"
 ! l3 stop 4 >/dev/null 2>&1
 check "stop 4 is refused"
 
