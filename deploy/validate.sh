@@ -92,9 +92,9 @@ ensure_py_tools || { bad "installing $KV_PIN"; KV="" PY=python3; }
 
 # --- shell -------------------------------------------------------------------
 for f in deploy/*.sh; do check "bash -n $f" bash -n "$f"; done
+# Every script, so that a new one cannot be left out.
 if command -v shellcheck >/dev/null; then
-  check "shellcheck local-cluster.sh test-local-cluster.sh validate.sh" \
-    shellcheck deploy/local-cluster.sh deploy/test-local-cluster.sh deploy/validate.sh
+  for f in deploy/*.sh; do check "shellcheck $f" shellcheck "$f"; done
 fi
 
 # --- Dockerfile --------------------------------------------------------------

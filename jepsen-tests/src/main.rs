@@ -1,6 +1,6 @@
 //! `jepsen-tests run …` drives a fault-injection run; `jepsen-tests check
-//! <history.jsonl>` re-checks a recorded history. Exit 0 valid, 1 invalid,
-//! 2 unknown or aborted.
+//! <history.jsonl>` re-checks a recorded history with the run's checkers.
+//! Exit 0 valid, 1 invalid, 2 unknown or aborted.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,7 +61,8 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         snapshot_logs: u64,
     },
-    /// Check a recorded history.jsonl.
+    /// Check a recorded history.jsonl with the checkers `run` uses
+    /// (recovery from recovery.jsonl beside it, when the run wrote one).
     Check {
         history: PathBuf,
         #[arg(long, default_value_t = 60)]
@@ -92,13 +93,18 @@ fn real_main() -> anyhow::Result<i32> {
             history,
             check_budget,
         } => {
-            let checks = runner::check_file(&history, Duration::from_secs(check_budget))?;
-            let verdict = checker::combine(&checks);
+            let found = runner::check_file(&history, Duration::from_secs(check_budget))?;
+            let verdict = checker::combine(&found.checks);
+            for n in &found.not_checked {
+                eprintln!("jepsen-tests: {} not checked: {}", n.name, n.why);
+            }
             println!(
                 "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"valid": verdict, "checks": checks})
-                )?
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "valid": verdict,
+                    "checks": found.checks,
+                    "not_checked": found.not_checked,
+                }))?
             );
             Ok(exit_code(verdict))
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde_json::json;
 
 use crate::checker::{self, recovery::RecoveryProbe, CheckResult, Verdict};
@@ -53,29 +54,73 @@ impl Recorder {
     }
 }
 
-fn run_dir(store: &Path, test: &str) -> anyhow::Result<PathBuf> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let dir = store.join(test).join(format!("{secs}"));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// The test's name: `<workload label>-<faults joined by +, or none>-n<nodes>`,
+/// e.g. `register-stale-partition-n3`, `set-kill+skew-n5`.
+pub fn test_name(label: &str, faults: &[&str], nodes: u32) -> String {
+    let faults = if faults.is_empty() {
+        "none".to_string()
+    } else {
+        faults.join("+")
+    };
+    format!("{label}-{faults}-n{nodes}")
+}
+
+/// Seconds since the Unix epoch as a UTC time in ISO 8601 basic format,
+/// `20261201T183000Z`: readable, and sorts in time order.
+pub fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
+/// `civil_from_days`); avoids a date library for one timestamp.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Creates `<store>/<test>/<utc_stamp(secs)>/`; a second run in the same
+/// second gets `-2`, `-3`, … rather than sharing (and overwriting) a folder.
+pub fn run_dir(store: &Path, test: &str, secs: u64) -> anyhow::Result<PathBuf> {
+    let parent = store.join(test);
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let stamp = utc_stamp(secs);
+    for n in 1..=100 {
+        let dir = if n == 1 {
+            parent.join(&stamp)
+        } else {
+            parent.join(format!("{stamp}-{n}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    anyhow::bail!("{}: 100 runs already started at {stamp}", parent.display())
 }
 
 /// Runs the whole test and returns (verdict, report dir).
 pub async fn run(opts: RunOpts) -> anyhow::Result<(Verdict, PathBuf)> {
     let faults: Vec<&str> = opts.faults.iter().map(|f| f.name()).collect();
-    let test = format!(
-        "{}-{}-n{}",
-        opts.workload.name(),
-        if faults.is_empty() {
-            "none".to_string()
-        } else {
-            faults.join("+")
-        },
-        opts.nodes
-    );
-    let dir = run_dir(&opts.store, &test)?;
+    let test = test_name(&opts.workload.label(), &faults, opts.nodes);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let dir = run_dir(&opts.store, &test, now.as_secs())?;
     let data = tempfile_dir()?;
     tracing::info!("run {test}: report in {}", dir.display());
     let topo = Topology::create(opts.nodes)?;
@@ -107,18 +152,23 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<(Verdict, PathBuf)> {
 
     let history = std::mem::take(&mut *recorder.ops.lock().expect("history"));
     let nemesis = nemesis_log.lock().expect("log").clone();
-    history::write_jsonl(&dir.join("history.jsonl"), &history)?;
-    write_nemesis(&dir.join("nemesis.jsonl"), &nemesis)?;
+    history::write_jsonl(&dir.join(HISTORY), &history)?;
+    history::write_lines(&dir.join("nemesis.jsonl"), &nemesis)?;
 
-    let (mut checks, aborted, snapshots) = match outcome {
-        Ok((probes, snapshots)) => (
-            vec![checker::recovery::check_recovery(&probes)],
-            None,
-            snapshots,
-        ),
-        Err(e) => (Vec::new(), Some(e.to_string()), serde_json::Value::Null),
+    let (probes, aborted, snapshots) = match outcome {
+        Ok((probes, snapshots)) => {
+            // So that `check` can re-run the recovery checker.
+            history::write_lines(&dir.join(RECOVERY), &probes)?;
+            (Some(probes), None, snapshots)
+        }
+        Err(e) => (None, Some(e.to_string()), serde_json::Value::Null),
     };
-    checks.extend(opts.workload.check(&history, opts.check_budget));
+    let checks = run_checks(
+        opts.workload.as_ref(),
+        &history,
+        probes.as_deref(),
+        opts.check_budget,
+    );
     let mut verdict = checker::combine(&checks);
     if aborted.is_some() && verdict == Verdict::Valid {
         verdict = Verdict::Unknown;
@@ -147,16 +197,6 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("raftmesh-jepsen-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
-}
-
-fn write_nemesis(path: &Path, events: &[NemesisEvent]) -> anyhow::Result<()> {
-    let mut s = String::new();
-    for e in events {
-        s.push_str(&serde_json::to_string(e)?);
-        s.push('\n');
-    }
-    std::fs::write(path, s)?;
-    Ok(())
 }
 
 async fn drive(
@@ -420,16 +460,144 @@ async fn recovery(
     probes
 }
 
-/// Checks a recorded history file with the checkers its ops call for.
-pub fn check_file(path: &Path, budget: Duration) -> anyhow::Result<Vec<CheckResult>> {
-    let history = history::read_jsonl(path)?;
-    let is_set = history.iter().any(|o| o.f == "add");
-    Ok(if is_set {
-        vec![checker::set::check_set(&history)]
+/// A run folder's files the checkers read.
+pub const HISTORY: &str = "history.jsonl";
+/// The post-heal probes of [`checker::recovery`], one per line; absent when
+/// the run aborted before healing.
+pub const RECOVERY: &str = "recovery.jsonl";
+
+/// The checks of a run, in `results.json` order: recovery (when there are
+/// probes: the run got as far as healing), then the workload's checkers.
+/// Both `run` and `check` go through here, so they cannot drift apart.
+pub fn run_checks(
+    workload: &dyn Workload,
+    history: &[Op],
+    probes: Option<&[RecoveryProbe]>,
+    budget: Duration,
+) -> Vec<CheckResult> {
+    let mut checks: Vec<CheckResult> = probes
+        .map(checker::recovery::check_recovery)
+        .into_iter()
+        .collect();
+    checks.extend(workload.check(history, budget));
+    checks
+}
+
+/// A checker `check` could not run on a recording, and why.
+#[derive(serde::Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct NotChecked {
+    pub name: String,
+    pub why: String,
+}
+
+/// What `check` found in a recording.
+#[derive(Debug)]
+pub struct FileCheck {
+    pub checks: Vec<CheckResult>,
+    pub not_checked: Vec<NotChecked>,
+}
+
+/// The workload whose checkers fit a recorded history: set if it has
+/// `add`s, else register. The register's checkers are the same with and
+/// without stale reads (the reads themselves differ, not the rules).
+pub fn workload_of(history: &[Op]) -> Box<dyn Workload> {
+    if history.iter().any(|o| o.f == "add") {
+        Box::new(crate::workload::Set::new())
     } else {
-        vec![
-            checker::linearizable::check_register(&history, budget),
-            checker::monotonic::check_monotonic_reads(&history),
-        ]
+        Box::new(crate::workload::Register::new(1, false))
+    }
+}
+
+/// Re-checks a recorded history with the checkers `run` used: the
+/// workload's, and recovery from `recovery.jsonl` beside the history. The
+/// recovery probes are taken live after the faults heal, so without that
+/// file recovery is reported as not checked rather than guessed.
+pub fn check_file(path: &Path, budget: Duration) -> anyhow::Result<FileCheck> {
+    let history = history::read_jsonl(path)?;
+    let recovery = path.with_file_name(RECOVERY);
+    let mut not_checked = Vec::new();
+    let probes: Option<Vec<RecoveryProbe>> = if recovery.exists() {
+        Some(history::read_lines(&recovery)?)
+    } else {
+        not_checked.push(NotChecked {
+            name: "recovery".into(),
+            why: format!(
+                "no {} beside the history: recovery is probed live after the faults heal, \
+                 and this recording has no probes (the run aborted before healing, or predates \
+                 {RECOVERY})",
+                recovery.display()
+            ),
+        });
+        None
+    };
+    let checks = run_checks(
+        workload_of(&history).as_ref(),
+        &history,
+        probes.as_deref(),
+        budget,
+    );
+    Ok(FileCheck {
+        checks,
+        not_checked,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        for (secs, want) in [
+            (0, "19700101T000000Z"),
+            (951_782_400, "20000229T000000Z"),
+            (1_709_164_800, "20240229T000000Z"),
+            (1_764_613_800, "20251201T183000Z"),
+            (1_796_149_800, "20261201T183000Z"),
+            (4_102_444_799, "20991231T235959Z"),
+        ] {
+            assert_eq!(utc_stamp(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn test_names_say_workload_variant_faults_and_nodes() {
+        let stale = crate::workload::Register::new(5, true);
+        let plain = crate::workload::Register::new(5, false);
+        assert_eq!(
+            test_name(&stale.label(), &["partition"], 3),
+            "register-stale-partition-n3"
+        );
+        assert_eq!(
+            test_name(&plain.label(), &["partition"], 3),
+            "register-partition-n3"
+        );
+        let set = crate::workload::Set::new();
+        assert_eq!(
+            test_name(&set.label(), &["kill", "skew"], 5),
+            "set-kill+skew-n5"
+        );
+        assert_eq!(test_name("register", &[], 1), "register-none-n1");
+    }
+
+    #[test]
+    fn run_dirs_are_readable_and_never_shared() {
+        let store = tempfile::tempdir().unwrap();
+        let secs = 1_796_149_800;
+        let a = run_dir(store.path(), "register-stale-partition-n3", secs).unwrap();
+        assert_eq!(
+            a,
+            store
+                .path()
+                .join("register-stale-partition-n3/20261201T183000Z")
+        );
+        assert!(a.is_dir());
+        let b = run_dir(store.path(), "register-stale-partition-n3", secs).unwrap();
+        assert_eq!(b.file_name().unwrap(), "20261201T183000Z-2");
+        let c = run_dir(store.path(), "register-partition-n3", secs).unwrap();
+        assert_eq!(
+            c.parent().unwrap().file_name().unwrap(),
+            "register-partition-n3"
+        );
+    }
 }

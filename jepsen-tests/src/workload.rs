@@ -62,6 +62,11 @@ pub struct ProcessState {
 
 pub trait Workload: Send + Sync {
     fn name(&self) -> &'static str;
+    /// The name with the variant that changes what a run means, for run
+    /// folders and reports (e.g. `register-stale`).
+    fn label(&self) -> String {
+        self.name().to_string()
+    }
     /// The next operation of one process.
     fn next(&self, rng: &mut Rng, state: &mut ProcessState) -> Invocation;
     /// Performs it against a node's gateway.
@@ -173,6 +178,16 @@ impl Register {
 impl Workload for Register {
     fn name(&self) -> &'static str {
         "register"
+    }
+
+    fn label(&self) -> String {
+        // Stale-read runs are expected to be invalid: never mix them up
+        // with linearizable ones.
+        if self.stale_reads {
+            "register-stale".into()
+        } else {
+            "register".into()
+        }
     }
 
     fn next(&self, rng: &mut Rng, state: &mut ProcessState) -> Invocation {

@@ -24,7 +24,8 @@
 //! * Set workload ([`set::check_set`]): `add` (value: the element) and final
 //!   `read`s whose ok value is the array of all elements present.
 //! * Recovery ([`recovery::check_recovery`]) does not read the history but
-//!   [`recovery::RecoveryProbe`]s the harness records after healing.
+//!   [`recovery::RecoveryProbe`]s the harness records after healing (a
+//!   run's `recovery.jsonl`).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,250 @@
+//! `jepsen-tests check` as a user runs it, on the recorded fixtures: it must
+//! name a file it cannot read, run the checkers `run` runs (recovery from
+//! the `recovery.jsonl` a run writes beside its history), and say so when a
+//! recording has no recovery probes instead of passing over it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use jepsen_tests::checker::recovery::RecoveryProbe;
+use jepsen_tests::history::{read_jsonl, write_jsonl, write_lines, Op, OpType};
+use jepsen_tests::runner;
+use jepsen_tests::workload::{Register, Set, Workload};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+struct Out {
+    code: i32,
+    json: Value,
+    stderr: String,
+}
+
+fn check(history: &Path) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_jepsen-tests"))
+        .arg("check")
+        .arg(history)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("runs jepsen-tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Out {
+        code: out.status.code().expect("exit code"),
+        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn names(v: &Value) -> Vec<&str> {
+    v["checks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// A run folder holding a copy of a fixture as its history.
+fn run_folder(fixture_name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(fixture_name), dir.path().join("history.jsonl")).unwrap();
+    dir
+}
+
+fn probes(elapsed_ms: &[u64]) -> Vec<RecoveryProbe> {
+    elapsed_ms
+        .iter()
+        .enumerate()
+        .map(|(i, &elapsed_ms)| RecoveryProbe {
+            key: "r0".into(),
+            node: i as u32 + 1,
+            wrote_ok: true,
+            read_ok: true,
+            elapsed_ms,
+            bound_ms: 30_000,
+        })
+        .collect()
+}
+
+#[test]
+fn a_missing_history_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir
+        .path()
+        .join("register-partition-n3/20261201T183000Z/history.jsonl");
+    let out = check(&missing);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&missing.display().to_string()),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_unreadable_history_is_named_in_the_error() {
+    // A directory opens but does not read; root could read a chmod 000 file.
+    let dir = tempfile::tempdir().unwrap();
+    let out = check(dir.path());
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&dir.path().display().to_string()),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn without_recovery_probes_check_says_recovery_was_not_checked() {
+    let dir = run_folder("linearizable-partition-kill.jsonl");
+    let out = check(&dir.path().join("history.jsonl"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json["valid"], "valid", "{}", out.json);
+    assert_eq!(
+        names(&out.json),
+        ["linearizable-register", "monotonic-reads"]
+    );
+    let skipped = &out.json["not_checked"];
+    assert_eq!(skipped[0]["name"], "recovery", "{}", out.json);
+    assert!(
+        skipped[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("recovery.jsonl"),
+        "{}",
+        out.json
+    );
+    assert!(
+        out.stderr.contains("recovery not checked"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn with_recovery_probes_check_runs_recovery_like_run() {
+    let dir = run_folder("linearizable-partition-kill.jsonl");
+    let history = dir.path().join("history.jsonl");
+    let recovery = dir.path().join("recovery.jsonl");
+
+    write_lines(&recovery, &probes(&[900, 1200, 1500])).unwrap();
+    let out = check(&history);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        names(&out.json),
+        ["recovery", "linearizable-register", "monotonic-reads"]
+    );
+    assert_eq!(out.json["checks"][0]["verdict"], "valid");
+    assert_eq!(out.json["not_checked"], json!([]));
+
+    // A node that took longer than the bound makes the recording invalid.
+    write_lines(&recovery, &probes(&[900, 31_000, 1500])).unwrap();
+    let out = check(&history);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.json["valid"], "invalid");
+    assert_eq!(out.json["checks"][0]["name"], "recovery");
+    assert_eq!(out.json["checks"][0]["verdict"], "invalid");
+    assert_eq!(out.json["checks"][0]["details"]["failed"][0]["node"], 2);
+}
+
+#[test]
+fn stale_reads_recording_is_invalid_through_check() {
+    let dir = run_folder("stale-reads-partition.jsonl");
+    write_lines(
+        &dir.path().join("recovery.jsonl"),
+        &probes(&[800, 800, 800]),
+    )
+    .unwrap();
+    let out = check(&dir.path().join("history.jsonl"));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.json["valid"], "invalid");
+    assert_eq!(
+        names(&out.json),
+        ["recovery", "linearizable-register", "monotonic-reads"]
+    );
+}
+
+fn set_history() -> Vec<Op> {
+    let op = |process, kind, f: &str, value: Value, time| Op {
+        process,
+        kind,
+        f: f.into(),
+        key: "set".into(),
+        value,
+        node: 1,
+        time,
+        error: None,
+    };
+    vec![
+        op(0, OpType::Invoke, "add", json!(1), 1),
+        op(0, OpType::Ok, "add", json!(1), 2),
+        op(1, OpType::Invoke, "add", json!(2), 3),
+        op(1, OpType::Ok, "add", json!(2), 4),
+        op(9, OpType::Invoke, "read", Value::Null, 5),
+        op(9, OpType::Ok, "read", json!([1]), 6),
+    ]
+}
+
+#[test]
+fn set_recording_gets_the_set_checker() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history.jsonl");
+    write_jsonl(&history, &set_history()).unwrap();
+    write_lines(&dir.path().join("recovery.jsonl"), &probes(&[500])).unwrap();
+    let out = check(&history);
+    // Element 2 was acknowledged and is missing from the final read.
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(names(&out.json), ["recovery", "set"]);
+    assert_eq!(out.json["checks"][1]["verdict"], "invalid");
+}
+
+/// Checks without their timings (the search's elapsed time varies).
+fn comparable(checks: &[jepsen_tests::checker::CheckResult]) -> Vec<Value> {
+    checks
+        .iter()
+        .map(|c| {
+            let mut v = serde_json::to_value(c).unwrap();
+            if let Some(d) = v["details"].as_object_mut() {
+                d.remove("elapsed_ms");
+            }
+            v
+        })
+        .collect()
+}
+
+/// `check` picks the checkers of the workload that recorded the history:
+/// the same list, in the same order, as a run of that workload.
+#[test]
+fn check_file_runs_what_run_runs_for_each_workload() {
+    let budget = Duration::from_secs(60);
+    let cases: [(&dyn Workload, Vec<Op>); 3] = [
+        (
+            &Register::new(5, false),
+            read_jsonl(&fixture("linearizable-partition-kill.jsonl")).unwrap(),
+        ),
+        (
+            &Register::new(5, true),
+            read_jsonl(&fixture("stale-reads-partition.jsonl")).unwrap(),
+        ),
+        (&Set::new(), set_history()),
+    ];
+    for (workload, history) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        write_jsonl(&path, &history).unwrap();
+        let p = probes(&[700, 700, 700]);
+        write_lines(&dir.path().join("recovery.jsonl"), &p).unwrap();
+        let from_run = runner::run_checks(workload, &history, Some(&p), budget);
+        let from_file = runner::check_file(&path, budget).unwrap();
+        assert_eq!(
+            comparable(&from_file.checks),
+            comparable(&from_run),
+            "{}",
+            workload.label()
+        );
+        assert!(from_file.not_checked.is_empty());
+    }
+}
