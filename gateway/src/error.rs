@@ -42,6 +42,7 @@ impl IntoResponse for GatewayError {
     /// and a retry is safe; 504 means the write may or may not have been
     /// applied, so the client must read before retrying a non-idempotent op.
     fn into_response(self) -> Response {
+        let mut leader = None;
         let (status, message, revision) = match self {
             GatewayError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, None),
             GatewayError::Forbidden => (StatusCode::FORBIDDEN, self.to_string(), None),
@@ -56,57 +57,23 @@ impl IntoResponse for GatewayError {
                 format!("internal error: {m}"),
                 None,
             ),
-            GatewayError::Cluster(e) => match e {
-                ClusterError::NoLeader(m) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no leader available ({m}); nothing was applied, retrying is safe"),
-                    None,
-                ),
-                ClusterError::NotLeader { leader } => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "this node is not the leader and could not pass the request on \
-                         (leader hint: {}); nothing was applied, retrying is safe",
-                        leader.map_or_else(|| "none".to_owned(), |l| l.to_string())
-                    ),
-                    None,
-                ),
-                ClusterError::NotReady(m) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("node not ready ({m}); retrying is safe"),
-                    None,
-                ),
-                ClusterError::Unknown(m) => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "outcome unknown ({m}): the request was sent but its result was not \
-                         learned; the write may or may not have been applied, read before retrying"
-                    ),
-                    None,
-                ),
-                ClusterError::Rejected(m) => (
-                    StatusCode::BAD_REQUEST,
-                    format!("rejected by the cluster: {m}"),
-                    None,
-                ),
-                ClusterError::TimedOut(m) => {
-                    (StatusCode::GATEWAY_TIMEOUT, format!("timed out: {m}"), None)
-                }
-                ClusterError::Internal(m) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("internal error: {m}"),
-                    None,
-                ),
-            },
+            GatewayError::Cluster(e) => {
+                leader = e.leader().cloned();
+                cluster_status(e)
+            }
         };
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %message, "request failed");
         }
         let message = for_people(message);
-        let body = match revision {
-            Some(revision) => serde_json::json!({ "error": message, "revision": revision }),
-            None => serde_json::json!({ "error": message }),
-        };
+        let mut body = serde_json::json!({ "error": message });
+        if let Some(revision) = revision {
+            body["revision"] = revision.into();
+        }
+        if let Some(l) = leader {
+            // Where to go instead: the client may send the request there.
+            body["leader"] = serde_json::json!({ "id": l.id, "http_addr": l.http_addr });
+        }
         let mut resp = (status, body.to_string()).into_response();
         let headers = resp.headers_mut();
         headers.insert(
@@ -118,6 +85,55 @@ impl IntoResponse for GatewayError {
         }
         resp
     }
+}
+
+/// Cluster errors by what the client may do next: 503 means nothing was
+/// applied and a retry is safe; 504 means a write may or may not have been
+/// applied, so the client must read before retrying a non-idempotent op.
+fn cluster_status(e: ClusterError) -> (StatusCode, String, Option<u64>) {
+    let retry = "nothing was applied, retrying is safe";
+    let (status, message) = match e {
+        ClusterError::NoLeader { message, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no leader available ({message}); {retry}"),
+        ),
+        ClusterError::NotLeader { leader } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this node is not the leader and could not pass the request on \
+                 (leader hint: {}); {retry}",
+                leader.map_or_else(|| "none".to_owned(), |l| l.to_string())
+            ),
+        ),
+        ClusterError::Overloaded { message } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("overloaded ({message}); {retry} after a pause"),
+        ),
+        ClusterError::NotReady { message } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node not ready ({message}); retrying is safe"),
+        ),
+        ClusterError::Unknown { message } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "outcome unknown ({message}): the request was sent but its result was not \
+                 learned; the write may or may not have been applied, read before retrying"
+            ),
+        ),
+        ClusterError::Rejected { message } => (
+            StatusCode::BAD_REQUEST,
+            format!("rejected by the cluster: {message}"),
+        ),
+        ClusterError::TooLarge { message } => (StatusCode::PAYLOAD_TOO_LARGE, message),
+        ClusterError::TimedOut { message } => {
+            (StatusCode::GATEWAY_TIMEOUT, format!("timed out: {message}"))
+        }
+        ClusterError::Internal { message } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {message}"),
+        ),
+    };
+    (status, message, None)
 }
 
 /// Longest error message a client gets. Errors are sentences for people;
@@ -149,13 +165,25 @@ mod tests {
     #[test]
     fn cluster_errors_map_by_what_the_client_may_do() {
         let cases = [
-            (ClusterError::NoLeader("x".into()), 503),
-            (ClusterError::NotLeader { leader: Some(2) }, 503),
-            (ClusterError::NotReady("x".into()), 503),
-            (ClusterError::Unknown("x".into()), 504),
-            (ClusterError::Rejected("x".into()), 400),
-            (ClusterError::TimedOut("x".into()), 504),
-            (ClusterError::Internal("x".into()), 500),
+            (ClusterError::no_leader("x"), 503),
+            (ClusterError::NotLeader { leader: None }, 503),
+            (
+                ClusterError::Overloaded {
+                    message: "x".into(),
+                },
+                503,
+            ),
+            (ClusterError::not_ready("x"), 503),
+            (ClusterError::unknown("x"), 504),
+            (ClusterError::rejected("x"), 400),
+            (
+                ClusterError::TooLarge {
+                    message: "x".into(),
+                },
+                413,
+            ),
+            (ClusterError::timed_out("x"), 504),
+            (ClusterError::internal("x"), 500),
         ];
         for (e, code) in cases {
             assert_eq!(
@@ -163,12 +191,14 @@ mod tests {
                 code,
                 "{e:?}"
             );
+            // 503 exactly when the variant says a retry is safe.
+            assert_eq!(code == 503, e.is_retryable(), "{e:?}");
         }
     }
 
     #[test]
     fn long_messages_are_cut_for_people() {
-        let e = GatewayError::Cluster(ClusterError::NotReady("x".repeat(10_000)));
+        let e = GatewayError::Cluster(ClusterError::not_ready("x".repeat(10_000)));
         let resp = e.into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         let msg = for_people("é".repeat(1000));

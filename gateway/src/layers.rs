@@ -11,10 +11,10 @@ use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::backend::Backend;
 use crate::error::GatewayError;
 use crate::metrics::{method_label, UNMATCHED_ROUTE};
 use crate::query::QueryParams;
+use crate::seam::ClusterOps;
 use crate::{access, json, AppState};
 
 pub(crate) const X_RAFT_LEADER: HeaderName = HeaderName::from_static("x-raft-leader");
@@ -39,7 +39,7 @@ pub(crate) fn with_index(mut resp: Response, index: Option<u64>) -> Response {
 
 /// Stamps the node's Raft view on every response, read after the handler
 /// ran so the headers describe the state the answer came from.
-pub(crate) async fn raft_headers<B: Backend>(
+pub(crate) async fn raft_headers<B: ClusterOps>(
     State(st): State<AppState<B>>,
     req: Request,
     next: Next,
@@ -68,7 +68,7 @@ pub(crate) async fn raft_headers<B: Backend>(
 
 /// Counts every answer (including 403/404/413 produced by other layers)
 /// under its route template.
-pub(crate) async fn record_metrics<B: Backend>(
+pub(crate) async fn record_metrics<B: Send + Sync + 'static>(
     State(st): State<AppState<B>>,
     req: Request,
     next: Next,

@@ -18,7 +18,6 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
 
 mod access;
-pub mod backend;
 pub mod error;
 mod json;
 mod layers;
@@ -26,11 +25,13 @@ pub mod metrics;
 mod ops;
 mod pm3;
 mod query;
+pub mod seam;
 
-pub use backend::{
-    Backend, ClusterStatus, MemberStatus, MembershipOutcome, RaftView, RemovedStatus, WriteOutcome,
-};
 pub use error::GatewayError;
+pub use seam::{
+    Backend, ClusterOps, ClusterStatus, KeyPage, KvRead, MemberStatus, MembershipOutcome, RaftView,
+    RemovedStatus, Replicate, WriteOutcome,
+};
 
 /// Room for the JSON envelope around a value (`{"value": ..., "revision":
 /// N}`) and for whitespace in a client's formatting; the value itself is
@@ -45,6 +46,9 @@ pub struct GatewayConfig {
     pub max_key_bytes: usize,
     /// Largest stored value, compact JSON bytes (spec default: 1 MiB).
     pub max_value_bytes: usize,
+    /// Most keys one `GET /kv` answers (and the largest `?limit=`); a
+    /// longer listing is continued with `?after=`.
+    pub max_list_keys: usize,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +56,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_key_bytes: 1024,
             max_value_bytes: 1024 * 1024,
+            max_list_keys: 10_000,
         }
     }
 }

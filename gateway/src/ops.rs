@@ -14,14 +14,14 @@ use axum::Router;
 use raftmesh_proto::{ClusterError, NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
 use crate::error::GatewayError;
 use crate::json::{self, json_response};
 use crate::layers::with_index;
 use crate::pm3::body_error;
+use crate::seam::ClusterOps;
 use crate::AppState;
 
-pub(crate) fn routes<B: Backend>() -> Router<AppState<B>> {
+pub(crate) fn routes<B: ClusterOps>() -> Router<AppState<B>> {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready::<B>))
@@ -48,14 +48,11 @@ async fn health() -> Response {
 
 /// Readiness: a leader is known and this node has applied what it knows
 /// is committed; load balancers should route only to ready nodes.
-async fn ready<B: Backend>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
+async fn ready<B: ClusterOps>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
     if st.backend.is_ready() {
         Ok(json_response(r#"{"status":"ready"}"#.into()))
     } else {
-        Err(
-            ClusterError::NotReady("no leader known or still applying committed entries".into())
-                .into(),
-        )
+        Err(ClusterError::not_ready("no leader known or still applying committed entries").into())
     }
 }
 
@@ -67,7 +64,7 @@ async fn version() -> Response {
     json_response(format!(r#"{{"version":"{}"}}"#, env!("CARGO_PKG_VERSION")))
 }
 
-async fn cluster<B: Backend>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
+async fn cluster<B: ClusterOps>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
     to_json(&st.backend.cluster_status())
 }
 
@@ -82,7 +79,7 @@ struct Peer<'a> {
     matched_index: Option<u64>,
 }
 
-async fn peers<B: Backend>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
+async fn peers<B: ClusterOps>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
     let status = st.backend.cluster_status();
     let peers: Vec<Peer> = status
         .members
@@ -100,7 +97,7 @@ async fn peers<B: Backend>(State(st): State<AppState<B>>) -> Result<Response, Ga
 }
 
 /// Raft metrics from the node followed by the gateway's request metrics.
-async fn metrics<B: Backend>(State(st): State<AppState<B>>) -> Response {
+async fn metrics<B: ClusterOps>(State(st): State<AppState<B>>) -> Response {
     let mut text = st.backend.raft_metrics_text();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -116,7 +113,7 @@ async fn metrics<B: Backend>(State(st): State<AppState<B>>) -> Response {
 
 /// The leader's replication progress per member (answered by the leader,
 /// through any node).
-async fn progress<B: Backend>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
+async fn progress<B: ClusterOps>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
     to_json(&st.backend.cluster_progress().await?)
 }
 
@@ -138,7 +135,7 @@ struct AddLearnerBody {
     timeout_ms: u64,
 }
 
-async fn add_learner<B: Backend>(
+async fn add_learner<B: ClusterOps>(
     State(st): State<AppState<B>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
@@ -174,7 +171,7 @@ struct ChangeMembershipBody {
     timeout_ms: u64,
 }
 
-async fn change_membership<B: Backend>(
+async fn change_membership<B: ClusterOps>(
     State(st): State<AppState<B>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {

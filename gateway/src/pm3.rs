@@ -14,14 +14,14 @@ use raftmesh_proto::{ApplyResult, Cmd};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::backend::Backend;
 use crate::error::GatewayError;
 use crate::json::{self, json_response, raw_or_null};
 use crate::layers::with_index;
 use crate::query::QueryParams;
+use crate::seam::{KvRead, Replicate};
 use crate::{AppState, GatewayConfig};
 
-pub(crate) fn routes<B: Backend>(cfg: &GatewayConfig) -> Router<AppState<B>> {
+pub(crate) fn routes<B: Replicate + KvRead>(cfg: &GatewayConfig) -> Router<AppState<B>> {
     Router::new()
         .route("/kv", get(list::<B>))
         .route(
@@ -64,7 +64,7 @@ pub(crate) fn validate_key(key: &str, max_key_bytes: usize) -> Result<(), Gatewa
 /// The percent-decoded `{key}` path segment, already validated.
 pub(crate) struct Key(pub String);
 
-impl<B: Backend> FromRequestParts<AppState<B>> for Key {
+impl<B: Send + Sync + 'static> FromRequestParts<AppState<B>> for Key {
     type Rejection = GatewayError;
 
     async fn from_request_parts(
@@ -108,7 +108,7 @@ fn stored_value(raw: &RawValue, cfg: &GatewayConfig, field: &str) -> Result<Stri
 
 /// Linearizable by default: the barrier's index is what the local read
 /// reflects. `None` for a stale read (headers then show the applied index).
-async fn read_point<B: Backend>(
+async fn read_point<B: Replicate>(
     st: &AppState<B>,
     q: &QueryParams,
 ) -> Result<Option<u64>, GatewayError> {
@@ -123,14 +123,14 @@ fn unexpected(op: &str, result: &ApplyResult) -> GatewayError {
     GatewayError::Internal(format!("unexpected apply result for {op}: {result:?}"))
 }
 
-async fn get_key<B: Backend>(
+async fn get_key<B: Replicate + KvRead>(
     State(st): State<AppState<B>>,
     Key(key): Key,
     q: QueryParams,
 ) -> Result<Response, GatewayError> {
     let index = read_point(&st, &q).await?;
     // A missing key reads as revision 0 / null, without pmesh's create-on-read.
-    let body = match st.backend.kv_get(&key)? {
+    let body = match st.backend.kv_get(&key).await? {
         Some(e) => format!(
             r#"{{"revision":{},"value":{}}}"#,
             e.revision,
@@ -141,16 +141,43 @@ async fn get_key<B: Backend>(
     Ok(with_index(json_response(body), index))
 }
 
-async fn list<B: Backend>(
+async fn list<B: Replicate + KvRead>(
     State(st): State<AppState<B>>,
     q: QueryParams,
 ) -> Result<Response, GatewayError> {
+    let limit = match q.get("limit") {
+        None => st.cfg.max_list_keys,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=st.cfg.max_list_keys).contains(n))
+            .ok_or_else(|| {
+                GatewayError::BadRequest(format!(
+                    "limit must be a number from 1 to {}, not {v:?}",
+                    st.cfg.max_list_keys
+                ))
+            })?,
+    };
     let index = read_point(&st, &q).await?;
-    let mut keys = st.backend.kv_list(q.get("prefix").unwrap_or(""))?;
-    keys.sort_unstable();
-    let body = serde_json::to_string(&keys).map_err(|e| GatewayError::Internal(e.to_string()))?;
-    Ok(with_index(json_response(body), index))
+    let page = st
+        .backend
+        .kv_scan(q.get("prefix").unwrap_or(""), q.get("after"), limit)
+        .await?;
+    let body =
+        serde_json::to_string(&page.keys).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let mut resp = json_response(body);
+    // The array stays pm3's shape; a truncated listing says where to go on.
+    if let Some(next) = page.next_after {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&next) {
+            resp.headers_mut().insert(X_KV_NEXT_AFTER, v);
+        }
+    }
+    Ok(with_index(resp, index))
 }
+
+/// Set on a `GET /kv` answer cut at its limit: repeat with `?after=<it>`.
+const X_KV_NEXT_AFTER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-kv-next-after");
 
 /// The bodies of the write routes, as error messages show them.
 const PUT_SHAPE: &str = r#"{"value": V} or {"value": V, "revision": N}"#;
@@ -165,7 +192,7 @@ struct PutBody {
     revision: Option<u64>,
 }
 
-async fn put_key<B: Backend>(
+async fn put_key<B: Replicate>(
     State(st): State<AppState<B>>,
     Key(key): Key,
     body: Result<Bytes, BytesRejection>,
@@ -199,7 +226,7 @@ async fn put_key<B: Backend>(
     Ok(with_index(resp, Some(out.index)))
 }
 
-async fn delete_key<B: Backend>(
+async fn delete_key<B: Replicate>(
     State(st): State<AppState<B>>,
     Key(key): Key,
 ) -> Result<Response, GatewayError> {
@@ -218,7 +245,7 @@ struct CasBody {
     desired: Option<Box<RawValue>>,
 }
 
-async fn cas<B: Backend>(
+async fn cas<B: Replicate>(
     State(st): State<AppState<B>>,
     Key(key): Key,
     body: Result<Bytes, BytesRejection>,

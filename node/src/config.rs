@@ -4,9 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
+
+use crate::error::NodeError;
+
+/// Returns a configuration error naming the setting.
+macro_rules! bail {
+    ($($t:tt)*) => { return Err(NodeError::Config(format!($($t)*))) };
+}
 
 /// Everything a node needs to run. Each field says why it exists by its doc.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -47,6 +53,14 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// How long a request waits for a leader to exist before answering 503.
     pub leader_wait_ms: u64,
+    /// Writes the leader holds waiting to be proposed; more are refused
+    /// (503, nothing applied) instead of queueing without bound.
+    pub max_pending_writes: usize,
+    /// Largest log entry, encoded; a single larger command is refused (413)
+    /// before it is proposed, and packed entries stop growing at it.
+    pub max_entry_bytes: usize,
+    /// Most keys one `GET /kv` answers.
+    pub max_list_keys: usize,
 }
 
 impl Default for Config {
@@ -68,13 +82,16 @@ impl Default for Config {
             max_value_bytes: 1 << 20,
             write_timeout_ms: 5_000,
             leader_wait_ms: 3_000,
+            max_pending_writes: 10_000,
+            max_entry_bytes: 8 << 20,
+            max_list_keys: 10_000,
         }
     }
 }
 
 impl Config {
     /// Rejects configurations that would run but misbehave.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), NodeError> {
         if self.node_id == 0 {
             bail!("node-id must be > 0 (0 means \"no leader\" on the wire)");
         }
@@ -93,6 +110,22 @@ impl Config {
         if self.write_timeout_ms == 0 || self.leader_wait_ms == 0 {
             bail!("write-timeout-ms and leader-wait-ms must be > 0");
         }
+        if self.max_pending_writes == 0 || self.max_list_keys == 0 {
+            bail!("max-pending-writes and max-list-keys must be > 0");
+        }
+        if self.max_entry_bytes < self.max_value_bytes {
+            bail!(
+                "max-entry-bytes ({}) must be at least max-value-bytes ({}): a value must fit in an entry",
+                self.max_entry_bytes,
+                self.max_value_bytes
+            );
+        }
+        if self.max_entry_bytes > crate::network::MAX_MESSAGE_BYTES {
+            bail!(
+                "max-entry-bytes may be at most {} (one inter-node message)",
+                crate::network::MAX_MESSAGE_BYTES
+            );
+        }
         let peers = self.peer_map()?;
         if !peers.is_empty() && !peers.contains_key(&self.node_id) {
             bail!(
@@ -105,16 +138,15 @@ impl Config {
     }
 
     /// Parsed `--peer` list, id → gRPC address.
-    pub fn peer_map(&self) -> anyhow::Result<BTreeMap<u64, String>> {
+    pub fn peer_map(&self) -> Result<BTreeMap<u64, String>, NodeError> {
         let mut out = BTreeMap::new();
         for p in &self.peers {
-            let (id, addr) = p
-                .split_once('=')
-                .with_context(|| format!("peer {p:?} is not ID=HOST:PORT"))?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .with_context(|| format!("peer {p:?}: id is not a number"))?;
+            let Some((id, addr)) = p.split_once('=') else {
+                bail!("peer {p:?} is not ID=HOST:PORT");
+            };
+            let Ok(id) = id.trim().parse::<u64>() else {
+                bail!("peer {p:?}: id is not a number");
+            };
             if addr.trim().is_empty() || !addr.contains(':') {
                 bail!("peer {p:?}: address must be HOST:PORT");
             }
@@ -207,16 +239,27 @@ pub struct ServeArgs {
     /// in ms. [default: 3000]
     #[arg(long, env = "RAFTMESH_LEADER_WAIT_MS")]
     pub leader_wait_ms: Option<u64>,
+    /// Writes the leader holds waiting to be proposed; more are answered
+    /// 503 (nothing applied). [default: 10000]
+    #[arg(long, env = "RAFTMESH_MAX_PENDING_WRITES")]
+    pub max_pending_writes: Option<usize>,
+    /// Largest encoded log entry; a single larger command is answered 413
+    /// before it is proposed. [default: 8388608]
+    #[arg(long, env = "RAFTMESH_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<usize>,
+    /// Most keys one `GET /kv` answers (continue with `?after=`). [default: 10000]
+    #[arg(long, env = "RAFTMESH_MAX_LIST_KEYS")]
+    pub max_list_keys: Option<usize>,
 }
 
 impl ServeArgs {
     /// Defaults, then the file, then env/flags; validated.
-    pub fn resolve(&self) -> anyhow::Result<Config> {
+    pub fn resolve(&self) -> Result<Config, NodeError> {
         let mut c = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+                toml::from_str(&text)
+                    .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?
             }
             None => Config::default(),
         };
@@ -238,7 +281,10 @@ impl ServeArgs {
             max_key_bytes,
             max_value_bytes,
             write_timeout_ms,
-            leader_wait_ms
+            leader_wait_ms,
+            max_pending_writes,
+            max_entry_bytes,
+            max_list_keys
         );
         if self.advertise_grpc.is_some() {
             c.advertise_grpc = self.advertise_grpc.clone();
@@ -320,6 +366,9 @@ mod tests {
             format!("[default: {}]", d.max_value_bytes),
             format!("[default: {}]", d.write_timeout_ms),
             format!("[default: {}]", d.leader_wait_ms),
+            format!("[default: {}]", d.max_pending_writes),
+            format!("[default: {}]", d.max_entry_bytes),
+            format!("[default: {}]", d.max_list_keys),
         ];
         let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for s in shown {

@@ -43,6 +43,9 @@ pub enum NodeError {
     /// openraft refused to start.
     #[error("starting Raft: {0}")]
     Raft(String),
+    /// An admin request (`raftmesh cluster …`) failed or was refused.
+    #[error("{0}")]
+    Request(String),
 }
 
 impl NodeError {

@@ -25,6 +25,9 @@ impl Service {
     /// leader's first RPC). Requests without the header come from nodes of
     /// a cluster formed before cluster ids existed.
     fn admit(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        if self.node.is_isolated() {
+            return Err(Status::unavailable("this node is isolated"));
+        }
         let Some(theirs) = meta.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()) else {
             return Ok(());
         };
@@ -125,14 +128,26 @@ impl RaftService for Service {
     ) -> Result<Response<ForwardReply>, Status> {
         self.admit(req.metadata())?;
         let req = req.into_inner();
-        let op: ForwardOp =
-            serde_json::from_slice(&req.op).map_err(|e| bad_request("forward op", e))?;
-        let result: Result<_, ClusterError> = self.node.route(op, req.hops).await;
+        // An op this node cannot decode (another version's, or garbage) was
+        // not acted on: say so as data, so the sender knows a retry is safe.
+        let result: Result<_, ClusterError> = match serde_json::from_slice::<ForwardOp>(&req.op) {
+            Ok(op) => self.node.route(op, req.hops).await,
+            Err(e) => Err(ClusterError::NoLeader {
+                message: format!(
+                    "node {} could not decode the forwarded request: {e}",
+                    self.node.id
+                ),
+                leader: None,
+            }),
+        };
         let bytes = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ForwardReply { result: bytes }))
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        if self.node.is_isolated() {
+            return Err(Status::unavailable("this node is isolated"));
+        }
         Ok(Response::new(self.node.status_reply().await))
     }
 }

@@ -1,24 +1,12 @@
-//! The `raftmesh` binary: runs a node (`serve`, the default) or talks to a
-//! running cluster (`cluster ...`). It owns configuration, the Raft
-//! instance, the gRPC service and network, forwarding, and the gateway's
-//! `Backend` implementation. Clap and anyhow live only here.
+//! The `raftmesh` binary: parses flags and calls the library — `serve` (the
+//! default) runs a node, `cluster …` talks to a running cluster. Everything
+//! else lives in `raftmesh_node`; anyhow lives only here.
 
-mod config;
-mod error;
-mod grpc;
-mod identity;
-mod network;
-mod node;
-mod read_index;
-mod write_batch;
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use raftmesh_proto::pb::raft_service_server::RaftServiceServer;
-use tokio::sync::watch;
-
-use crate::config::ServeArgs;
-use crate::node::Node;
+use raftmesh_node::admin::{self, Op};
+use raftmesh_node::{Listeners, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -89,27 +77,47 @@ enum ClusterOp {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    let result = run(&rt, cli);
+    let result = rt.block_on(run(cli));
     // Wait for tasks still holding store handles to be dropped.
-    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    rt.shutdown_timeout(Duration::from_secs(5));
     result
 }
 
-fn run(rt: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        None => {
-            // No arguments: one node on embedded defaults, still honouring
-            // RAFTMESH_* variables.
-            let Cli {
-                command: Some(Command::Serve(args)),
-            } = Cli::parse_from(["raftmesh", "serve"])
-            else {
-                unreachable!("serve parses")
+        // No arguments: one node on embedded defaults, still honouring
+        // RAFTMESH_* variables.
+        None => match Cli::parse_from(["raftmesh", "serve"]).command {
+            Some(Command::Serve(args)) => serve(*args).await,
+            _ => unreachable!("serve parses"),
+        },
+        Some(Command::Serve(args)) => serve(*args).await,
+        Some(Command::Cluster { endpoint, op }) => {
+            let op = match op {
+                ClusterOp::Status => Op::Status,
+                ClusterOp::AddLearner {
+                    node_id,
+                    grpc_addr,
+                    http_addr,
+                    timeout,
+                } => Op::AddLearner {
+                    node_id,
+                    grpc_addr,
+                    http_addr,
+                    timeout: Duration::from_secs(timeout),
+                },
+                ClusterOp::ChangeMembership {
+                    voters,
+                    force,
+                    timeout,
+                } => Op::ChangeMembership {
+                    voters,
+                    force,
+                    timeout: Duration::from_secs(timeout),
+                },
             };
-            rt.block_on(serve(*args))
+            Ok(admin::run(&endpoint, op).await?)
         }
-        Some(Command::Serve(args)) => rt.block_on(serve(*args)),
-        Some(Command::Cluster { endpoint, op }) => rt.block_on(cluster(endpoint, op)),
     }
 }
 
@@ -124,63 +132,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     let cfg = args.resolve()?;
-    tracing::info!(?cfg, "starting raftmesh node");
-    let grpc_listener = tokio::net::TcpListener::bind(&cfg.grpc_addr)
-        .await
-        .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
-    let http_listener = tokio::net::TcpListener::bind(&cfg.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP address {}", cfg.http_addr))?;
-    let gw_cfg = raftmesh_gateway::GatewayConfig {
-        max_key_bytes: cfg.max_key_bytes,
-        max_value_bytes: cfg.max_value_bytes,
-    };
-    let node = Node::start(cfg).await?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    let svc = RaftServiceServer::new(grpc::Service { node: node.clone() })
-        .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(network::H2_STREAM_WINDOW)
-            .initial_connection_window_size(network::H2_CONNECTION_WINDOW)
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                stopped(stop_rx.clone()),
-            ),
-    );
-    let http_task = tokio::spawn(raftmesh_gateway::run(
-        http_listener,
-        node.clone(),
-        gw_cfg,
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(node.clone().bootstrap(stop_rx.clone()));
-    tokio::spawn(node.clone().watch_state(stop_rx.clone()));
-
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = http_task.await;
-    let _ = grpc_task.await;
-    if let Err(e) = node.raft.shutdown().await {
-        tracing::warn!("raft shutdown: {e}");
-    }
-    // Release the last handles on RocksDB here, on this thread, so the
-    // database closes before the process exits rather than racing its
-    // background threads against exit-time destructors.
-    drop(node);
+    let listeners = Listeners::bind(&cfg).await?;
+    raftmesh_node::run(cfg, listeners, async {
+        if let Err(e) = wait_for_signal().await {
+            tracing::error!("waiting for a signal: {e}");
+        }
+    })
+    .await?;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -188,128 +150,4 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r?,
     }
     Ok(())
-}
-
-/// `--endpoint` as a base URL: `HOST:PORT` means `http://HOST:PORT`.
-fn endpoint_url(endpoint: &str) -> anyhow::Result<String> {
-    let e = endpoint.trim().trim_end_matches('/');
-    let url = if e.contains("://") {
-        e.to_string()
-    } else {
-        format!("http://{e}")
-    };
-    let parsed = reqwest::Url::parse(&url)
-        .with_context(|| format!("--endpoint {endpoint:?} is not a URL or HOST:PORT"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        anyhow::bail!("--endpoint {endpoint:?} must be http://HOST:PORT or HOST:PORT");
-    }
-    Ok(url)
-}
-
-async fn cluster(endpoint: String, op: ClusterOp) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let base = endpoint_url(&endpoint)?;
-    let base = base.as_str();
-    let (path, body, watch) = match op {
-        ClusterOp::Status => {
-            let resp = http
-                .get(format!("{base}/cluster?pretty"))
-                .send()
-                .await
-                .with_context(|| format!("contacting {base}"))?;
-            return finish(base, resp).await;
-        }
-        ClusterOp::AddLearner {
-            node_id,
-            grpc_addr,
-            http_addr,
-            timeout,
-        } => (
-            "add-learner",
-            serde_json::json!({"node_id": node_id, "grpc_addr": grpc_addr,
-                "http_addr": http_addr, "timeout_ms": timeout * 1000}),
-            vec![node_id],
-        ),
-        ClusterOp::ChangeMembership {
-            voters,
-            force,
-            timeout,
-        } => (
-            "change-membership",
-            serde_json::json!({ "voters": voters, "force": force, "timeout_ms": timeout * 1000 }),
-            voters,
-        ),
-    };
-    let request = http
-        .post(format!("{base}/cluster/{path}?pretty"))
-        .json(&body)
-        .send();
-    tokio::pin!(request);
-    // While the change runs, show how far the members it waits for are.
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.tick().await;
-    let resp = loop {
-        tokio::select! {
-            r = &mut request => break r.with_context(|| format!("contacting {base}"))?,
-            _ = tick.tick() => print_progress(&http, base, &watch).await,
-        }
-    };
-    finish(base, resp).await
-}
-
-async fn print_progress(http: &reqwest::Client, base: &str, ids: &[u64]) {
-    let Ok(resp) = http
-        .get(format!("{base}/cluster/progress"))
-        .timeout(std::time::Duration::from_millis(900))
-        .send()
-        .await
-    else {
-        return;
-    };
-    let Ok(p) = resp.json::<raftmesh_proto::ClusterProgress>().await else {
-        return;
-    };
-    // Voters already in place are not what the change waits for.
-    let parts: Vec<String> = ids
-        .iter()
-        .filter(|id| p.member(**id).is_none_or(|m| !m.voter))
-        .map(|id| match p.member(*id) {
-            None => format!("node {id}: not a member yet"),
-            Some(m) => format!(
-                "node {id}: matched {} (leader committed {}), last append {}",
-                m.matched_index
-                    .map_or_else(|| "nothing".into(), |i| i.to_string()),
-                p.committed_index,
-                m.last_contact_ms
-                    .map_or_else(|| "never".into(), |c| format!("{c} ms ago")),
-            ),
-        })
-        .collect();
-    eprintln!("waiting: {}", parts.join("; "));
-}
-
-async fn finish(base: &str, resp: reqwest::Response) -> anyhow::Result<()> {
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    println!("{body}");
-    if !status.is_success() {
-        anyhow::bail!("{base} answered {status}");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::endpoint_url;
-
-    #[test]
-    fn endpoint_without_scheme_is_http() {
-        assert_eq!(
-            endpoint_url("127.0.0.1:8082").unwrap(),
-            "http://127.0.0.1:8082"
-        );
-        assert_eq!(endpoint_url("http://n1:8080/").unwrap(), "http://n1:8080");
-        let e = endpoint_url("ftp://x:1").unwrap_err().to_string();
-        assert!(e.contains("ftp://x:1"), "{e}");
-    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::classify::{self, Delivery};
 use crate::identity::Identity;
 
 /// Snapshot bytes per streamed chunk.
@@ -29,18 +31,37 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// HTTP/2 flow-control windows for inter-node channels (both ends).
 pub const H2_STREAM_WINDOW: u32 = 8 << 20;
 pub const H2_CONNECTION_WINDOW: u32 = 32 << 20;
-/// gRPC message size limit; entries carry values up to the configured max.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// gRPC message size limit. An AppendEntries carries at most
+/// `MAX_MESSAGE_BYTES / max_entry_bytes` entries (see `Node::start`), so a
+/// batch of the largest entries still fits in one message.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// One lazily connected channel per address, shared by Raft replication and
 /// forwarding. tonic reconnects a broken channel on the next call.
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Cuts this node off the network (both ways, with the service's check):
+    /// the in-process test cluster's partition.
+    isolated: Arc<AtomicBool>,
 }
 
 impl Channels {
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, Ordering::SeqCst);
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+
     pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, tonic::Status> {
+        if self.is_isolated() {
+            // Shaped like a refused connection: nothing was sent.
+            return Err(tonic::Status::from_error(Box::new(tonic::ConnectError(
+                format!("this node is isolated; not dialing {addr}").into(),
+            ))));
+        }
         let mut map = self.inner.lock().expect("channel map poisoned");
         let ch = match map.get(addr) {
             Some(ch) => ch.clone(),
@@ -69,23 +90,6 @@ impl Channels {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
-}
-
-/// True when the call certainly never reached the peer (no connection could
-/// be made), so nothing was sent and a retry elsewhere is safe.
-pub fn never_sent(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let text = format!("{status:?}").to_ascii_lowercase();
-    [
-        "tcp connect error",
-        "connection refused",
-        "dns error",
-        "failed to lookup",
-    ]
-    .iter()
-    .any(|s| text.contains(s))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -162,7 +166,7 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftEr
 
 impl PeerNetwork {
     fn map_status<E: std::error::Error>(&self, s: tonic::Status) -> RpcErr<E> {
-        if never_sent(&s) {
+        if classify::delivery(&s) == Delivery::NotSent {
             RPCError::Unreachable(Unreachable::new(&s))
         } else {
             RPCError::Network(NetworkError::new(&s))
@@ -274,7 +278,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         };
         let reply = reply
             .map_err(|s| {
-                if never_sent(&s) {
+                if classify::delivery(&s) == Delivery::NotSent {
                     StreamingError::Unreachable(Unreachable::new(&s))
                 } else {
                     StreamingError::Network(NetworkError::new(&s))

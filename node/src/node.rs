@@ -8,23 +8,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
-use raftmesh_gateway::backend::{
-    Backend, ClusterStatus, MemberStatus, MembershipOutcome, RaftView, RemovedStatus, WriteOutcome,
+use raftmesh_gateway::seam::{
+    ClusterOps, ClusterStatus, KeyPage, KvRead, MemberStatus, MembershipOutcome, RaftView,
+    RemovedStatus, Replicate, WriteOutcome,
 };
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, ClusterProgress, Cmd, ForwardOp, ForwardReplyBody, KvEntry, MemberProgress,
-    NodeId, NodeInfo, TypeConfig,
+    ClusterError, ClusterProgress, Cmd, ForwardOp, ForwardReplyBody, KvEntry, LeaderHint,
+    MemberProgress, NodeId, NodeInfo, TypeConfig,
 };
 use raftmesh_raft_store::{StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
 
+use crate::classify;
+use crate::classify::WriteErr;
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::identity::{self, Identity};
 use crate::network::{self, Channels, Contacts, NetworkFactory};
 use crate::read_index::ReadIndexBatcher;
-use crate::write_batch::{write_error, WriteBatcher, WriteErr};
+use crate::write_batch::{Limits, WriteBatcher};
 
 /// Forwarding crosses at most this many nodes, so a request cannot loop
 /// while leadership moves between nodes with stale views.
@@ -39,7 +42,7 @@ const DEMOTION_WAIT: Duration = Duration::from_secs(10);
 /// How long the add-learner probe waits for the new node's `Status`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub struct Node {
+pub(crate) struct Node {
     pub id: NodeId,
     pub raft: Raft<TypeConfig>,
     reader: StoreReader,
@@ -89,6 +92,10 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
             max_in_snapshot_log_to_keep: cfg.keep_logs,
             install_snapshot_timeout: 30_000,
+            // Entries per AppendEntries, so the largest entries still fit in
+            // one gRPC message.
+            max_payload_entries: (network::MAX_MESSAGE_BYTES / cfg.max_entry_bytes).clamp(1, 300)
+                as u64,
             ..Default::default()
         }
         .validate()
@@ -105,8 +112,14 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let read_batcher =
             ReadIndexBatcher::new(raft.clone(), Duration::from_millis(cfg.write_timeout_ms));
-        let write_batcher =
-            WriteBatcher::new(raft.clone(), Duration::from_millis(cfg.write_timeout_ms));
+        let write_batcher = WriteBatcher::new(
+            raft.clone(),
+            Limits {
+                timeout: Duration::from_millis(cfg.write_timeout_ms),
+                max_pending: cfg.max_pending_writes,
+                max_entry_bytes: cfg.max_entry_bytes,
+            },
+        );
         Ok(Arc::new(Self {
             read_batcher,
             write_batcher,
@@ -114,9 +127,7 @@ impl Node {
             raft,
             reader,
             channels,
-            peers: cfg
-                .peer_map()
-                .map_err(|e| NodeError::Config(format!("{e:#}")))?,
+            peers: cfg.peer_map()?,
             cfg,
             identity,
             contacts,
@@ -151,6 +162,15 @@ impl Node {
             learners: membership.learner_ids().collect(),
             membership_index: m.membership_config.log_id().map(|l| l.index),
         }
+    }
+
+    /// Cuts this node's inter-node traffic both ways (tests' partitions).
+    pub fn set_isolated(&self, on: bool) {
+        self.channels.set_isolated(on);
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.channels.is_isolated()
     }
 
     /// Called by the gRPC service for every `AppendEntries` received.
@@ -391,17 +411,18 @@ impl Node {
     }
 
     /// Runs `op` on the leader, here or over `Forward`. Retries only where
-    /// nothing was applied (no leader yet, leader unreachable before
-    /// sending, or a node that turned out not to be leader); an ambiguous
-    /// outcome is returned as `Unknown` and never retried.
+    /// nothing was applied ([`ClusterError::is_retryable`]: no leader yet,
+    /// leader unreachable before sending, or a node that turned out not to
+    /// be leader), within `leader_wait_ms`; an ambiguous outcome is returned
+    /// as `Unknown` and never retried.
     pub async fn route(&self, op: ForwardOp, hops: u32) -> Result<ForwardReplyBody, ClusterError> {
         let wait = Duration::from_millis(self.cfg.leader_wait_ms);
         let deadline = Instant::now() + wait;
         let mut hops = hops;
         loop {
             let Some(leader) = self.leader_by(deadline).await else {
-                return Err(ClusterError::NoLeader(format!(
-                    "no leader elected within {} ms; retry is safe",
+                return Err(ClusterError::no_leader(format!(
+                    "no leader elected within {} ms",
                     wait.as_millis()
                 )));
             };
@@ -409,28 +430,38 @@ impl Node {
                 self.execute(&op).await
             } else if hops >= MAX_HOPS {
                 Err(ClusterError::NotLeader {
-                    leader: Some(leader),
+                    leader: Some(self.hint(leader)),
                 })
             } else {
                 self.forward(leader, &op, hops).await
             };
+            let again = matches!(
+                result,
+                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader { .. })
+            );
             match result {
-                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader(_))
-                    if Instant::now() < deadline && hops < MAX_HOPS =>
-                {
+                Err(_) if again && Instant::now() < deadline && hops < MAX_HOPS => {
                     if matches!(result, Err(ClusterError::NotLeader { .. })) {
                         hops += 1;
                     }
                     tokio::time::sleep(Duration::from_millis(30)).await;
                 }
                 Err(ClusterError::NotLeader { leader }) => {
-                    return Err(ClusterError::NoLeader(format!(
-                        "leadership is moving (last hint: {leader:?}); nothing was applied, retry is safe"
-                    )))
+                    return Err(ClusterError::NoLeader {
+                        message: "leadership is moving".into(),
+                        leader,
+                    })
                 }
                 other => return other,
             }
         }
+    }
+
+    /// What this node knows about `id` as a leader hint.
+    fn hint(&self, id: NodeId) -> LeaderHint {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        classify::hint(id, m.membership_config.membership().get_node(&id))
     }
 
     async fn forward(
@@ -440,15 +471,12 @@ impl Node {
         hops: u32,
     ) -> Result<ForwardReplyBody, ClusterError> {
         let Some(addr) = self.addr_of(leader) else {
-            return Err(ClusterError::NoLeader(format!(
+            return Err(ClusterError::no_leader(format!(
                 "no address known for leader {leader}"
             )));
         };
-        let mut client = self
-            .channels
-            .client(&addr)
-            .map_err(|s| ClusterError::Internal(s.message().to_string()))?;
-        let bytes = serde_json::to_vec(op).map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let hint = self.hint(leader);
+        let bytes = serde_json::to_vec(op).map_err(|e| ClusterError::internal(e.to_string()))?;
         let mut req = tonic::Request::new(ForwardRequest {
             op: bytes,
             hops: hops + 1,
@@ -461,25 +489,22 @@ impl Node {
         };
         req.set_timeout(ttl);
         network::stamp(&mut req, &self.identity);
-        match client.forward(req).await {
+        let read_only = matches!(op, ForwardOp::ReadIndex | ForwardOp::Progress);
+        let reply = match self.channels.client(&addr) {
+            Ok(mut client) => client.forward(req).await,
+            Err(s) => Err(s),
+        };
+        match reply {
             Ok(reply) => serde_json::from_slice(&reply.into_inner().result).map_err(|e| {
-                ClusterError::Unknown(format!("leader {leader} answered undecodably: {e}"))
+                let msg = format!("leader {hint} answered undecodably: {e}");
+                if read_only {
+                    ClusterError::not_ready(msg)
+                } else {
+                    ClusterError::unknown(msg)
+                }
             })?,
-            Err(s) if network::never_sent(&s) => Err(ClusterError::NoLeader(format!(
-                "leader {leader} at {addr} unreachable: {}",
-                s.message()
-            ))),
-            Err(s) => match op {
-                ForwardOp::ReadIndex => Err(ClusterError::NotReady(format!(
-                    "read index from leader {leader} failed: {}",
-                    s.message()
-                ))),
-                _ => Err(ClusterError::Unknown(format!(
-                    "sent to leader {leader}, then the call failed ({}): {}",
-                    s.code(),
-                    s.message()
-                ))),
-            },
+            Err(s) if read_only => Err(classify::read_index_failure(&s, hint)),
+            Err(s) => Err(classify::forward_failure(&s, hint)),
         }
     }
 
@@ -538,7 +563,7 @@ impl Node {
             .voter_ids()
             .any(|v| v == node_id)
         {
-            return Err(ClusterError::Rejected(format!(
+            return Err(ClusterError::rejected(format!(
                 "node {node_id} is already a voter"
             )));
         }
@@ -546,21 +571,21 @@ impl Node {
         let probe = network::status(&self.channels, addr, PROBE_TIMEOUT)
             .await
             .map_err(|s| {
-                ClusterError::Rejected(format!(
+                ClusterError::rejected(format!(
                     "node {node_id} at {addr} does not answer ({}); start it first. \
                      Membership is unchanged",
                     s.message()
                 ))
             })?;
         if probe.node_id != node_id {
-            return Err(ClusterError::Rejected(format!(
+            return Err(ClusterError::rejected(format!(
                 "the node at {addr} is node {}, not node {node_id}; membership is unchanged",
                 probe.node_id
             )));
         }
         if let Some(mine) = self.identity.cluster_id() {
             if !probe.cluster_id.is_empty() && probe.cluster_id != mine {
-                return Err(ClusterError::Rejected(format!(
+                return Err(ClusterError::rejected(format!(
                     "node {node_id} at {addr} belongs to cluster {}, this is cluster {mine}; \
                      give it an empty data dir. Membership is unchanged",
                     probe.cluster_id
@@ -587,7 +612,7 @@ impl Node {
         let m = self.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
             return Err(ClusterError::NotLeader {
-                leader: m.current_leader,
+                leader: m.current_leader.map(|l| self.hint(l)),
             });
         }
         let membership = m.membership_config.membership();
@@ -695,27 +720,21 @@ fn membership_result(
     >,
 ) -> Result<ForwardReplyBody, ClusterError> {
     match r {
-        Err(_) => Err(ClusterError::Unknown(
-            "membership change did not finish in time; check /cluster".into(),
+        Err(_) => Err(ClusterError::unknown(
+            "membership change did not finish in time; check /cluster",
         )),
         Ok(Ok(resp)) => Ok(ForwardReplyBody::Done {
             index: resp.log_id.index,
         }),
-        Ok(Err(e)) => Err(write_error(e)),
+        Ok(Err(e)) => Err(classify::write_failure(e)),
     }
 }
 
 fn unexpected(body: ForwardReplyBody) -> ClusterError {
-    ClusterError::Internal(format!("unexpected reply from leader: {body:?}"))
+    ClusterError::internal(format!("unexpected reply from leader: {body:?}"))
 }
 
-impl Backend for Node {
-    fn raft_view(&self) -> RaftView {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        self.view_of(&m)
-    }
-
+impl Replicate for Node {
     async fn write(&self, cmd: Cmd) -> Result<WriteOutcome, ClusterError> {
         match self.route(ForwardOp::Write { cmd }, 0).await? {
             ForwardReplyBody::Written { index, result } => Ok(WriteOutcome { index, result }),
@@ -726,10 +745,9 @@ impl Backend for Node {
     async fn read_barrier(&self) -> Result<u64, ClusterError> {
         if self.removed.lock().expect("removed flag").is_some() {
             // Nothing is replicated here any more: a read would wait forever.
-            return Err(ClusterError::NotReady(
+            return Err(ClusterError::not_ready(
                 "this node was removed from the cluster and no longer receives its log; \
-                 ask another node"
-                    .into(),
+                 ask another node",
             ));
         }
         let index = match self.route(ForwardOp::ReadIndex, 0).await? {
@@ -745,24 +763,48 @@ impl Backend for Node {
             .map_err(|e| {
                 // openraft's wait error carries its whole metrics dump: log it.
                 tracing::debug!("read barrier at {index}: {e}");
-                ClusterError::NotReady(format!(
+                ClusterError::not_ready(format!(
                     "this node has not applied the read index {index} within {} ms",
                     wait.as_millis()
                 ))
             })?;
         Ok(m.last_applied.map_or(0, |l| l.index).max(index))
     }
+}
 
-    fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, ClusterError> {
+impl KvRead for Node {
+    async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, ClusterError> {
+        // A point read is served from RocksDB's memtable or block cache in
+        // microseconds: not worth a thread hop.
         self.reader
             .kv_get(key)
-            .map_err(|e| ClusterError::Internal(e.to_string()))
+            .map_err(|e| ClusterError::internal(e.to_string()))
     }
 
-    fn kv_list(&self, prefix: &str) -> Result<Vec<String>, ClusterError> {
-        self.reader
-            .kv_list(prefix)
-            .map_err(|e| ClusterError::Internal(e.to_string()))
+    async fn kv_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, ClusterError> {
+        // A scan walks up to `limit` keys: off the async workers.
+        let reader = self.reader.clone();
+        let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+        let (keys, more) =
+            tokio::task::spawn_blocking(move || reader.kv_scan(&prefix, after.as_deref(), limit))
+                .await
+                .map_err(|e| ClusterError::internal(format!("scan task: {e}")))?
+                .map_err(|e| ClusterError::internal(e.to_string()))?;
+        let next_after = if more { keys.last().cloned() } else { None };
+        Ok(KeyPage { keys, next_after })
+    }
+}
+
+impl ClusterOps for Node {
+    fn raft_view(&self) -> RaftView {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        self.view_of(&m)
     }
 
     fn cluster_status(&self) -> ClusterStatus {
@@ -927,7 +969,7 @@ impl Backend for Node {
                 matched: matched(&p),
                 not_demoted: Vec::new(),
             }),
-            Err(p) => Err(ClusterError::TimedOut(format!(
+            Err(p) => Err(ClusterError::timed_out(format!(
                 "node {node_id} was added as a learner (log index {index}) but matched {} of \
                  target {target} within {} s; it stays a learner and is not promoted. \
                  Check its log, then retry add-learner, or remove it",
@@ -949,7 +991,7 @@ impl Backend for Node {
         timeout: Duration,
     ) -> Result<MembershipOutcome, ClusterError> {
         if voters.is_empty() {
-            return Err(ClusterError::Rejected("voters must not be empty".into()));
+            return Err(ClusterError::rejected("voters must not be empty"));
         }
         let deadline = Instant::now() + timeout;
         let want: BTreeSet<NodeId> = voters.iter().copied().collect();
@@ -962,7 +1004,7 @@ impl Backend for Node {
             .collect();
         for id in want.difference(&current) {
             if p.member(*id).is_none() {
-                return Err(ClusterError::Rejected(format!(
+                return Err(ClusterError::rejected(format!(
                     "node {id} is not a member; add it with add-learner first"
                 )));
             }
@@ -1003,7 +1045,7 @@ impl Backend for Node {
                         Some(_) => {}
                     }
                 }
-                return Err(ClusterError::Rejected(format!(
+                return Err(ClusterError::rejected(format!(
                     "not promoting: {}; membership is unchanged (--force promotes anyway)",
                     why.join("; ")
                 )));

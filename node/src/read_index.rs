@@ -7,10 +7,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::Raft;
 use raftmesh_proto::{ClusterError, TypeConfig};
 use tokio::sync::oneshot;
+
+use crate::classify;
 
 type Reply = oneshot::Sender<Result<u64, ClusterError>>;
 
@@ -49,11 +50,8 @@ impl ReadIndexBatcher {
         if start_driver {
             tokio::spawn(self.clone().drive());
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(ClusterError::NotReady(
-                "read-index round was dropped".into(),
-            ))
-        })
+        rx.await
+            .unwrap_or_else(|_| Err(ClusterError::not_ready("read-index round was dropped")))
     }
 
     /// Runs rounds back to back while reads keep arriving.
@@ -76,21 +74,11 @@ impl ReadIndexBatcher {
 
     async fn round(&self) -> Result<u64, ClusterError> {
         match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
-            Err(_) => Err(ClusterError::NotReady(
-                "leadership not confirmed by a quorum in time".into(),
+            Err(_) => Err(ClusterError::not_ready(
+                "leadership not confirmed by a quorum in time",
             )),
             Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(ClusterError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Ok(Err(e)) => {
-                tracing::debug!("read index: {e}");
-                Err(ClusterError::NotReady(
-                    "leadership could not be confirmed for a read".into(),
-                ))
-            }
+            Ok(Err(e)) => Err(classify::read_failure(e)),
         }
     }
 }

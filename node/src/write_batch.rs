@@ -6,14 +6,15 @@
 //! next batch. A few batches may be in flight at once to keep the Raft
 //! pipeline full.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
-use raftmesh_proto::{ApplyResult, ClusterError, Cmd, LogEntry, NodeId, NodeInfo, TypeConfig};
+use raftmesh_proto::{ApplyResult, ClusterError, Cmd, LogEntry, TypeConfig};
 use tokio::sync::oneshot;
+
+use crate::classify;
 
 /// Largest number of client writes in one entry.
 const MAX_BATCH: usize = 512;
@@ -22,16 +23,37 @@ const MAX_IN_FLIGHT: usize = 2;
 
 type Reply = oneshot::Sender<Result<(u64, ApplyResult), ClusterError>>;
 
+/// Bounds on the leader's write work.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a write may take from arrival to commit, queueing included,
+    /// before it is answered "outcome unknown" (or, if never proposed,
+    /// "not applied").
+    pub timeout: Duration,
+    /// Writes waiting to be proposed; one more is refused as overloaded.
+    pub max_pending: usize,
+    /// Largest encoded entry; a single command over it is refused up front.
+    pub max_entry_bytes: usize,
+}
+
 pub struct WriteBatcher {
     raft: Raft<TypeConfig>,
-    /// How long a batch may wait for its commit before "outcome unknown".
-    timeout: Duration,
+    limits: Limits,
     state: Mutex<State>,
+}
+
+struct Pending {
+    cmd: Cmd,
+    /// Encoded size, so packing stops before an entry gets too large.
+    bytes: usize,
+    /// Arrival + timeout: the time queued counts against the write timeout.
+    deadline: Instant,
+    reply: Reply,
 }
 
 #[derive(Default)]
 struct State {
-    queue: Vec<(Cmd, Reply)>,
+    queue: VecDeque<Pending>,
     in_flight: usize,
 }
 
@@ -42,21 +64,61 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of `cmd` as the log stores it, counted without allocating.
+pub fn encoded_len(cmd: &Cmd) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, cmd);
+    c.0
+}
+
 impl WriteBatcher {
-    pub fn new(raft: Raft<TypeConfig>, timeout: Duration) -> Arc<Self> {
+    pub fn new(raft: Raft<TypeConfig>, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             raft,
-            timeout,
+            limits,
             state: Mutex::default(),
         })
     }
 
     /// Proposes `cmd` (in some batch) and returns its entry index and result.
     pub async fn submit(self: &Arc<Self>, cmd: Cmd) -> Result<(u64, ApplyResult), ClusterError> {
+        let bytes = encoded_len(&cmd);
+        if bytes > self.limits.max_entry_bytes {
+            return Err(ClusterError::TooLarge {
+                message: format!(
+                    "the command is {bytes} bytes encoded; a log entry may be at most {} bytes \
+                     (max-entry-bytes); nothing was proposed",
+                    self.limits.max_entry_bytes
+                ),
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut s = self.state.lock().expect("write batch state");
-            s.queue.push((cmd, tx));
+            if s.queue.len() >= self.limits.max_pending {
+                return Err(ClusterError::Overloaded {
+                    message: format!(
+                        "{} writes are already waiting on the leader (max-pending-writes)",
+                        s.queue.len()
+                    ),
+                });
+            }
+            s.queue.push_back(Pending {
+                cmd,
+                bytes,
+                deadline: Instant::now() + self.limits.timeout,
+                reply: tx,
+            });
             if s.in_flight < MAX_IN_FLIGHT {
                 s.in_flight += 1;
                 true
@@ -68,41 +130,65 @@ impl WriteBatcher {
             tokio::spawn(self.clone().drive());
         }
         rx.await.unwrap_or_else(|_| {
-            Err(ClusterError::Unknown(
-                "the node stopped while the write was in flight".into(),
+            Err(ClusterError::unknown(
+                "the node stopped while the write was in flight",
             ))
         })
     }
 
-    /// Takes the next batch: queued writes in order, one per key.
-    fn take_batch(&self) -> Option<Vec<(Cmd, Reply)>> {
+    /// Takes the next batch: queued writes in order, one per key, within the
+    /// count and byte bounds. Writes whose deadline passed while queued are
+    /// answered here: they were never proposed, so nothing was applied.
+    fn take_batch(&self) -> Option<Vec<Pending>> {
         let mut s = self.state.lock().expect("write batch state");
-        if s.queue.is_empty() {
-            s.in_flight -= 1;
-            return None;
-        }
+        let now = Instant::now();
         let mut keys = HashSet::new();
-        let mut batch = Vec::new();
-        let mut rest = Vec::new();
-        for (cmd, tx) in s.queue.drain(..) {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut bytes = 0;
+        let mut rest = VecDeque::with_capacity(s.queue.len());
+        while let Some(p) = s.queue.pop_front() {
+            if p.deadline <= now {
+                let _ = p.reply.send(Err(ClusterError::Overloaded {
+                    message: format!(
+                        "the write waited {} ms on the leader without being proposed",
+                        self.limits.timeout.as_millis()
+                    ),
+                }));
+                continue;
+            }
             let fits = batch.len() < MAX_BATCH
-                && match cmd.key() {
-                    Some(k) => keys.insert(k.to_string()),
+                && (batch.is_empty() || bytes + p.bytes <= self.limits.max_entry_bytes)
+                && match p.cmd.key() {
+                    Some(k) => !keys.contains(k),
                     None => batch.is_empty(),
                 };
             if fits {
-                batch.push((cmd, tx));
+                if let Some(k) = p.cmd.key() {
+                    keys.insert(k.to_string());
+                }
+                bytes += p.bytes;
+                batch.push(p);
             } else {
-                rest.push((cmd, tx));
+                rest.push_back(p);
             }
         }
         s.queue = rest;
+        if batch.is_empty() {
+            s.in_flight -= 1;
+            return None;
+        }
         Some(batch)
     }
 
     async fn drive(self: Arc<Self>) {
         while let Some(batch) = self.take_batch() {
-            let (cmds, replies): (Vec<Cmd>, Vec<Reply>) = batch.into_iter().unzip();
+            let deadline = batch
+                .iter()
+                .map(|p| p.deadline)
+                .min()
+                .expect("a batch is not empty");
+            let (cmds, replies): (Vec<Cmd>, Vec<Reply>) =
+                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
             let single = cmds.len() == 1;
             let cmd = if single {
                 cmds.into_iter().next().expect("one")
@@ -113,7 +199,8 @@ impl WriteBatcher {
                 time_ms: now_ms(),
                 cmd,
             };
-            let outcome = tokio::time::timeout(self.timeout, self.raft.client_write(entry)).await;
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let outcome = tokio::time::timeout(wait, self.raft.client_write(entry)).await;
             match outcome {
                 Ok(Ok(resp)) => {
                     let index = resp.log_id.index;
@@ -131,38 +218,20 @@ impl WriteBatcher {
                     }
                 }
                 Ok(Err(e)) => {
-                    let err = write_error(e);
+                    let err = classify::write_failure(e);
                     for tx in replies {
                         let _ = tx.send(Err(err.clone()));
                     }
                 }
                 Err(_) => {
                     for tx in replies {
-                        let _ = tx.send(Err(ClusterError::Unknown(format!(
-                            "not committed within {} ms; the write may still be applied",
-                            self.timeout.as_millis()
+                        let _ = tx.send(Err(ClusterError::unknown(format!(
+                            "not committed within {} ms of arrival; the write may still be applied",
+                            self.limits.timeout.as_millis()
                         ))));
                     }
                 }
             }
         }
-    }
-}
-
-pub type WriteErr = RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>;
-
-/// Maps openraft's write errors: a refusal before the entry could commit
-/// is `NotLeader` (safe to retry elsewhere); a stopped node is `Unknown`.
-pub fn write_error(e: WriteErr) -> ClusterError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClusterError::NotLeader {
-            leader: f.leader_id,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ClusterError::Rejected(e.to_string())
-        }
-        RaftError::Fatal(f) => ClusterError::Unknown(format!(
-            "the node stopped while the write was in flight: {f}"
-        )),
     }
 }

@@ -131,7 +131,7 @@ async fn one_leader_and_reads_see_writes_from_any_node() {
 ///    writes continue, and the old leader catches up after a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_crash_keeps_acknowledged_writes() {
-    let mut c = Cluster::start3().await;
+    let mut c = Cluster::start3_processes().await;
     let old = c.wait_for_leader().await;
     let ids = c.ids();
 
@@ -151,7 +151,7 @@ async fn leader_crash_keeps_acknowledged_writes() {
     }
     let max_before = acked.values().map(|(r, _)| *r).max().unwrap();
 
-    c.kill(old);
+    c.kill(old).await;
     let survivors: Vec<NodeId> = ids.iter().copied().filter(|&id| id != old).collect();
     let t0 = Instant::now();
     let new = c
@@ -190,7 +190,7 @@ async fn leader_crash_keeps_acknowledged_writes() {
     }
 
     // The old leader comes back with its data dir and catches up.
-    c.spawn(old);
+    c.spawn(old).await;
     let res = c.wait_caught_up(old, &acked, Duration::from_secs(20)).await;
     if let Err(e) = res {
         panic!("restarted old leader {old} did not catch up within 20 s: {e}");
@@ -241,7 +241,7 @@ async fn check_all(c: &Cluster, expect: &Expect, what: &str) {
 ///    acknowledged write reads back with its revision.
 #[tokio::test(flavor = "multi_thread")]
 async fn full_cluster_restart_preserves_data_and_revisions() {
-    let mut c = Cluster::start3().await;
+    let mut c = Cluster::start3_processes().await;
     let ids = c.ids();
     let mut expect: Expect = BTreeMap::new();
     let mut max_rev = 0;
@@ -278,11 +278,11 @@ async fn full_cluster_restart_preserves_data_and_revisions() {
 
     // Round 1: clean stop of every node, restart on the same data dirs.
     for &id in &ids {
-        let st = c.terminate(id);
+        let st = c.terminate(id).await;
         eprintln!("node {id} exited after SIGTERM: {st}");
     }
     for &id in &ids {
-        c.spawn(id);
+        c.spawn(id).await;
     }
     c.wait_for_leader().await;
     check_all(&c, &expect, "after SIGTERM + restart of all nodes").await;
@@ -299,10 +299,10 @@ async fn full_cluster_restart_preserves_data_and_revisions() {
         expect.insert(key, Some((rev, json!(i))));
     }
     for &id in &ids {
-        c.kill(id);
+        c.kill(id).await;
     }
     for &id in &ids {
-        c.spawn(id);
+        c.spawn(id).await;
     }
     c.wait_for_leader().await;
     check_all(&c, &expect, "after kill -9 + restart of all nodes").await;
@@ -323,6 +323,7 @@ async fn stopped_follower_catches_up_from_snapshot() {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        ..Default::default()
     })
     .await;
     let leader = c.wait_for_leader().await;
@@ -336,7 +337,7 @@ async fn stopped_follower_catches_up_from_snapshot() {
         .unwrap_or_else(|| panic!("victim has no last_log_index: {vs}"));
     assert!(victim_last >= rev0, "{vs}");
 
-    let st = c.terminate(victim);
+    let st = c.terminate(victim).await;
     eprintln!("victim {victim} stopped at log index {victim_last}: {st}");
 
     let mut expect = BTreeMap::new();
@@ -376,7 +377,7 @@ async fn stopped_follower_catches_up_from_snapshot() {
         "leader purged to {purged_idx} but its snapshot index is not at least that: {ls}"
     );
 
-    c.spawn(victim);
+    c.spawn(victim).await;
     let res = c
         .wait_caught_up(victim, &expect, Duration::from_secs(30))
         .await;
@@ -589,8 +590,8 @@ async fn membership_add_and_remove_via_cli() {
     let leader = c.wait_for_leader().await;
     let before_rev = c.put_ok(leader, "t6/before", json!("written by 3")).await;
 
-    c.add_node(4, vec![1, 2, 3, 4], Vec::new());
-    c.spawn(4);
+    c.add_node(4, vec![1, 2, 3, 4], Vec::new()).await;
+    c.spawn(4).await;
     // Node 4 is up but not a member: it must not start its own cluster.
     let n4_url = c.url(4);
     let res = eventually(Duration::from_secs(10), Duration::from_millis(100), || {
@@ -725,9 +726,9 @@ async fn membership_add_and_remove_via_cli() {
     // Node 3 is really out: with 3 gone and one more of {1,2} down, the
     // remaining two of voters {1,2,4} are a majority (they would not be
     // of {1,2,3,4}).
-    c.kill(3);
+    c.kill(3).await;
     let down = if leader == 1 { 2 } else { 1 };
-    c.kill(down);
+    c.kill(down).await;
     let rest: Vec<NodeId> = [1, 2, 4].into_iter().filter(|&id| id != down).collect();
     let l = c
         .wait_for_leader_among(&rest, Duration::from_secs(10))
@@ -749,6 +750,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     let mut c = Cluster::start(ClusterOpts {
         nodes: 3,
         extra_args: vec!["--max-value-bytes".into(), "1024".into()],
+        ..Default::default()
     })
     .await;
     let leader = c.wait_for_leader().await;

@@ -94,8 +94,8 @@ async fn add_learner_refuses_the_unreachable_and_waits_for_the_reachable() {
     for i in 0..300 {
         c.put_ok(leader, &format!("m1/k{i}"), json!(i)).await;
     }
-    c.add_node(4, vec![1, 2, 3, 4], Vec::new());
-    c.spawn(4);
+    c.add_node(4, vec![1, 2, 3, 4], Vec::new()).await;
+    c.spawn(4).await;
     let grpc4 = c.node(4).grpc_addr();
     let (ok, out, err) = eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         let c = &c;
@@ -145,8 +145,8 @@ async fn add_learner_refuses_the_unreachable_and_waits_for_the_reachable() {
 async fn promotion_of_a_silent_or_lagging_learner_is_refused() {
     let mut c = Cluster::start3().await;
     let leader = c.wait_for_leader().await;
-    c.add_node(4, vec![1, 2, 3, 4], Vec::new());
-    c.spawn(4);
+    c.add_node(4, vec![1, 2, 3, 4], Vec::new()).await;
+    c.spawn(4).await;
     let grpc4 = c.node(4).grpc_addr();
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         let c = &c;
@@ -163,22 +163,15 @@ async fn promotion_of_a_silent_or_lagging_learner_is_refused() {
     .await
     .unwrap_or_else(|e| panic!("add-learner failed: {e}"));
 
-    // Freeze node 4 (it neither answers nor applies), and move on without it.
-    let pid = c.node(4).pid().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    // Cut node 4 off (it neither answers nor applies), and move on without it.
+    c.freeze(4, true);
     for i in 0..50 {
         c.put_ok(leader, &format!("m2/k{i}"), json!(i)).await;
     }
     // Past the silence bound (4 × the 600 ms election timeout of the tests).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ok, out, err) = change_membership(&c, leader, "1,2,3,4", &["--timeout", "3"]).await;
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status();
+    c.freeze(4, false);
     assert!(!ok, "a frozen learner was promoted: {out}");
     assert!(
         out.contains("node 4 matched"),
@@ -221,8 +214,8 @@ async fn promotion_of_a_silent_or_lagging_learner_is_refused() {
     .unwrap();
 
     // --force promotes a dead learner (the operator's explicit choice).
-    c.add_node(5, vec![1, 2, 3, 4, 5], Vec::new());
-    c.spawn(5);
+    c.add_node(5, vec![1, 2, 3, 4, 5], Vec::new()).await;
+    c.spawn(5).await;
     let grpc5 = c.node(5).grpc_addr();
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         let c = &c;
@@ -238,7 +231,7 @@ async fn promotion_of_a_silent_or_lagging_learner_is_refused() {
     })
     .await
     .unwrap();
-    c.kill(5);
+    c.kill(5).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ok, _, _) = change_membership(&c, l, "1,2,3,4,5", &["--timeout", "2"]).await;
     assert!(!ok, "a dead learner was promoted without --force");
@@ -248,9 +241,10 @@ async fn promotion_of_a_silent_or_lagging_learner_is_refused() {
 
 /// 2. A removed node stops campaigning and says it was removed — also when
 ///    it was down while it was removed and never received that config.
+///    Processes, to read what the binary logs (and that it has no colour).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removed_node_stops_campaigning() {
-    let mut c = Cluster::start3().await;
+    let mut c = Cluster::start3_processes().await;
     let leader = c.wait_for_leader().await;
     c.put_ok(leader, "m3/a", json!(1)).await;
 
@@ -289,6 +283,13 @@ async fn a_removed_node_stops_campaigning() {
         r.text
     );
     assert!(c.node(gone).log_tail(200).contains("stop this node"));
+    for id in [1, 2, 3] {
+        let log = std::fs::read_to_string(c.node(id).log_path()).unwrap();
+        assert!(
+            !log.contains('\u{1b}'),
+            "node {id}'s log has terminal escape codes"
+        );
+    }
 
     // Remove a voter that is down: it never receives the config that
     // removes it, and must learn it from its peers once it is back.
@@ -297,7 +298,7 @@ async fn a_removed_node_stops_campaigning() {
     let leader = c.wait_for_leader().await;
     let gone = if leader == 3 { 2 } else { 3 };
     let keep: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&i| i != gone).collect();
-    c.kill(gone);
+    c.kill(gone).await;
     let (ok, out, err) =
         change_membership(&c, leader, &format!("{},{}", keep[0], keep[1]), &[]).await;
     assert!(ok, "removing a down node failed:\n{out}\n{err}");
@@ -305,7 +306,7 @@ async fn a_removed_node_stops_campaigning() {
         out.contains("not_demoted"),
         "the reply does not say node {gone} never confirmed: {out}"
     );
-    c.spawn(gone);
+    c.spawn(gone).await;
     eventually(Duration::from_secs(20), Duration::from_millis(200), || {
         let c = &c;
         async move {
@@ -347,7 +348,7 @@ async fn a_data_dir_belongs_to_one_node_and_one_cluster() {
 
     // Node 3's data dir started as node 4 is refused, naming both and the path.
     let other = if leader == 3 { 2 } else { 3 };
-    c.terminate(other);
+    c.terminate(other).await;
     let dir = c.node(other).data_dir();
     let out = std::process::Command::new(BIN)
         .args(["serve", "--node-id", "4", "--data-dir"])
@@ -369,7 +370,7 @@ async fn a_data_dir_belongs_to_one_node_and_one_cluster() {
 
     // A data dir from before identities existed is adopted.
     std::fs::remove_file(dir.join("identity.json")).unwrap();
-    c.spawn(other);
+    c.spawn(other).await;
     c.wait_for_leader().await;
     let s = eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         let c = &c;
@@ -393,8 +394,8 @@ async fn a_data_dir_belongs_to_one_node_and_one_cluster() {
     );
 
     // A node of another cluster is refused as a learner.
-    c.add_node(4, Vec::new(), Vec::new()); // no peers: its own one-node cluster
-    c.spawn(4);
+    c.add_node(4, Vec::new(), Vec::new()).await; // no peers: its own one-node cluster
+    c.spawn(4).await;
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         let c = &c;
         async move {
@@ -435,7 +436,7 @@ async fn a_data_dir_belongs_to_one_node_and_one_cluster() {
 }
 
 /// 6. `/cluster`'s committed index is never behind its applied index, even
-///    while writes stream in; logs carry no colour codes.
+///    while writes stream in.
 #[tokio::test(flavor = "multi_thread")]
 async fn committed_index_is_never_behind_applied() {
     let mut c = Cluster::start3().await;
@@ -473,11 +474,4 @@ async fn committed_index_is_never_behind_applied() {
     }
     writer.await.unwrap();
     assert!(checked > 30, "only {checked} checks ran");
-    for id in [1, 2, 3] {
-        let log = std::fs::read_to_string(c.node(id).log_path()).unwrap();
-        assert!(
-            !log.contains('\u{1b}'),
-            "node {id}'s log has terminal escape codes"
-        );
-    }
 }

@@ -225,35 +225,130 @@ pub enum ForwardReplyBody {
     Progress(ClusterProgress),
 }
 
+/// Who leads, as far as the failing node knew: lets a client (or the
+/// forwarding node) go straight there instead of asking around.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub id: NodeId,
+    /// Empty when the node knew the id but not the addresses.
+    #[serde(default)]
+    pub grpc_addr: String,
+    #[serde(default)]
+    pub http_addr: String,
+}
+
+impl fmt::Display for LeaderHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {}", self.id)?;
+        if !self.http_addr.is_empty() {
+            write!(f, " at {}", self.http_addr)?;
+        }
+        Ok(())
+    }
+}
+
 /// Cluster-level failures, shared by the node (which produces them) and the
-/// gateway (which maps them to HTTP statuses in one place).
+/// gateways (which map them to statuses, one place per API). What a client
+/// may do next is a property of the variant — [`ClusterError::is_retryable`],
+/// [`ClusterError::outcome_unknown`] — never of the message text.
 #[derive(thiserror::Error, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ClusterError {
-    /// No leader could be reached; nothing was sent, retrying is safe.
-    #[error("no leader available: {0}")]
-    NoLeader(String),
-    /// The request reached a node that is not leader and could not be passed
-    /// on; nothing was applied.
-    #[error("not leader (leader hint: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
+    /// No leader could be reached; nothing was applied.
+    #[error("no leader available: {message}")]
+    NoLeader {
+        message: String,
+        leader: Option<LeaderHint>,
+    },
+    /// The request reached a node that is not leader and could not be
+    /// passed on; nothing was applied.
+    #[error("not leader{}", leader.as_ref().map(|l| format!(" (leader: {l})")).unwrap_or_default())]
+    NotLeader { leader: Option<LeaderHint> },
+    /// The leader refused to queue more work; nothing was applied.
+    #[error("overloaded: {message}")]
+    Overloaded { message: String },
     /// The write was sent but its outcome was not learned (timeout, leader
     /// lost mid-flight). It may or may not have been applied.
-    #[error("outcome unknown: {0}")]
-    Unknown(String),
-    /// The node is not able to serve yet (e.g. still catching up).
-    #[error("not ready: {0}")]
-    NotReady(String),
-    /// The request is invalid for the cluster (e.g. membership rules).
-    #[error("rejected: {0}")]
-    Rejected(String),
+    #[error("outcome unknown: {message}")]
+    Unknown { message: String },
+    /// The node cannot serve this yet (catching up, no confirmed leader).
+    #[error("not ready: {message}")]
+    NotReady { message: String },
+    /// The request is invalid for the cluster (e.g. membership rules);
+    /// retrying it unchanged fails the same way.
+    #[error("rejected: {message}")]
+    Rejected { message: String },
+    /// One command larger than a log entry may be; never proposed.
+    #[error("too large: {message}")]
+    TooLarge { message: String },
     /// A bounded wait ended before what it waited for happened; the message
     /// says what did happen (e.g. a learner added but not caught up).
-    #[error("timed out: {0}")]
-    TimedOut(String),
+    #[error("timed out: {message}")]
+    TimedOut { message: String },
     /// Local storage or an invariant failed.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl ClusterError {
+    /// Nothing was applied and the same request may succeed if sent again
+    /// (here after a pause, or to another node).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::NoLeader { .. }
+                | ClusterError::NotLeader { .. }
+                | ClusterError::Overloaded { .. }
+                | ClusterError::NotReady { .. }
+        )
+    }
+
+    /// The request may or may not have taken effect: read before retrying.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ClusterError::Unknown { .. })
+    }
+
+    /// The leader this failure points at, if known.
+    pub fn leader(&self) -> Option<&LeaderHint> {
+        match self {
+            ClusterError::NoLeader { leader, .. } | ClusterError::NotLeader { leader } => {
+                leader.as_ref()
+            }
+            _ => None,
+        }
+    }
+
+    pub fn no_leader(message: impl Into<String>) -> Self {
+        ClusterError::NoLeader {
+            message: message.into(),
+            leader: None,
+        }
+    }
+    pub fn unknown(message: impl Into<String>) -> Self {
+        ClusterError::Unknown {
+            message: message.into(),
+        }
+    }
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        ClusterError::NotReady {
+            message: message.into(),
+        }
+    }
+    pub fn rejected(message: impl Into<String>) -> Self {
+        ClusterError::Rejected {
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        ClusterError::Internal {
+            message: message.into(),
+        }
+    }
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        ClusterError::TimedOut {
+            message: message.into(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,8 +421,51 @@ mod tests {
 
     #[test]
     fn cluster_error_roundtrips_for_forwarding() {
-        let e = ClusterError::NotLeader { leader: Some(2) };
-        let s = serde_json::to_string(&e).unwrap();
-        assert_eq!(serde_json::from_str::<ClusterError>(&s).unwrap(), e);
+        let hint = LeaderHint {
+            id: 2,
+            grpc_addr: "h:7080".into(),
+            http_addr: "h:8080".into(),
+        };
+        for e in [
+            ClusterError::NotLeader {
+                leader: Some(hint.clone()),
+            },
+            ClusterError::NoLeader {
+                message: "x".into(),
+                leader: Some(hint),
+            },
+            ClusterError::unknown("y"),
+        ] {
+            let s = serde_json::to_string(&e).unwrap();
+            assert_eq!(serde_json::from_str::<ClusterError>(&s).unwrap(), e);
+        }
+    }
+
+    /// Retry-safety is a property of the variant, whatever the message says.
+    #[test]
+    fn retry_safety_is_data() {
+        let retryable = [
+            ClusterError::no_leader("outcome unknown"),
+            ClusterError::NotLeader { leader: None },
+            ClusterError::Overloaded {
+                message: "m".into(),
+            },
+            ClusterError::not_ready("m"),
+        ];
+        for e in retryable {
+            assert!(e.is_retryable() && !e.outcome_unknown(), "{e:?}");
+        }
+        let unknown = ClusterError::unknown("retry is safe");
+        assert!(!unknown.is_retryable() && unknown.outcome_unknown());
+        for e in [
+            ClusterError::rejected("m"),
+            ClusterError::TooLarge {
+                message: "m".into(),
+            },
+            ClusterError::timed_out("m"),
+            ClusterError::internal("m"),
+        ] {
+            assert!(!e.is_retryable() && !e.outcome_unknown(), "{e:?}");
+        }
     }
 }

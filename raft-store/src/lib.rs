@@ -98,23 +98,42 @@ impl StoreReader {
         raw.map(|v| kv::decode(&v)).transpose()
     }
 
-    /// Live pm3 keys starting with `prefix`, in byte order.
-    pub fn kv_list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    /// At most `limit` live pm3 keys starting with `prefix`, in byte order,
+    /// after `after` (exclusive) when given; and whether more follow. The
+    /// bound keeps one request from walking the whole keyspace.
+    pub fn kv_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
         let start = kv::data_key(prefix);
+        let from = match after {
+            // The smallest key greater than `after`.
+            Some(a) if a >= prefix => {
+                let mut k = kv::data_key(a);
+                k.push(0);
+                k
+            }
+            _ => start.clone(),
+        };
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             cf(&self.db, CF_SM),
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+            rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
         );
         for item in iter {
             let (k, _) = item?;
             if !k.starts_with(&start) {
                 break;
             }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
             let key = std::str::from_utf8(&k[kv::PREFIX.len()..])
                 .map_err(|e| StoreError::Corrupt(format!("non-utf8 key: {e}")))?;
             out.push(key.to_string());
         }
-        Ok(out)
+        Ok((out, false))
     }
 }

@@ -587,7 +587,7 @@ mod tests {
             assert_eq!(cur.meta, newer.meta);
             assert_eq!(cur.snapshot.into_inner(), newer_data);
             // The live state is the installed one; the build did not touch it.
-            assert_eq!(reader.kv_list("").unwrap().len(), 10);
+            assert_eq!(reader.kv_scan("", None, usize::MAX).unwrap().0.len(), 10);
         }
 
         let (_log, mut sm, _reader) = open(dir.path()).unwrap();

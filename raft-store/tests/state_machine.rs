@@ -93,7 +93,10 @@ async fn apply_rules_within_one_batch_and_across_restart() {
     let (last, _) = sm.applied_state().await.unwrap();
     assert_eq!(last.unwrap().index, 8);
     assert_eq!(reader.kv_get("a").unwrap().unwrap().revision, 4);
-    assert_eq!(reader.kv_list("").unwrap(), vec!["a".to_string()]);
+    assert_eq!(
+        reader.kv_scan("", None, usize::MAX).unwrap().0,
+        vec!["a".to_string()]
+    );
 }
 
 #[tokio::test]
@@ -125,7 +128,7 @@ async fn snapshot_replaces_follower_state_atomically() {
         .unwrap();
 
     assert!(r2.kv_get("stale").unwrap().is_none());
-    assert_eq!(r2.kv_list("k").unwrap().len(), 100);
+    assert_eq!(r2.kv_scan("k", None, usize::MAX).unwrap().0.len(), 100);
     assert_eq!(r2.kv_get("k042").unwrap().unwrap().value, "42");
     let (last, _) = follower.applied_state().await.unwrap();
     assert_eq!(last.unwrap().index, 100);
@@ -172,7 +175,10 @@ async fn a_batch_applies_in_order_at_one_revision() {
     ));
     assert_eq!(reader.kv_get("a").unwrap().unwrap().value, "1");
     assert!(reader.kv_get("c").unwrap().is_none());
-    assert_eq!(reader.kv_list("").unwrap(), vec!["a", "b", "d"]);
+    assert_eq!(
+        reader.kv_scan("", None, usize::MAX).unwrap().0,
+        vec!["a", "b", "d"]
+    );
 }
 
 fn puts(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
@@ -239,7 +245,7 @@ async fn an_install_older_than_the_stored_snapshot_is_refused() {
     assert_eq!(cur.meta, stored.meta);
     let (last, _) = sm.applied_state().await.unwrap();
     assert_eq!(last.unwrap().index, 6);
-    assert_eq!(reader.kv_list("k").unwrap().len(), 6);
+    assert_eq!(reader.kv_scan("k", None, usize::MAX).unwrap().0.len(), 6);
 }
 
 fn log_id(index: u64) -> LogId<u64> {

@@ -1,6 +1,8 @@
-//! Test harness: runs `raftmesh serve` nodes as child processes on free
-//! loopback ports, each with its own temporary data dir and log file, and
-//! talks to them over the HTTP gateway.
+//! Test harness: runs nodes on loopback — in this process by default (the
+//! library's `testing::TestCluster`: real Raft, RocksDB, gRPC and HTTP), or
+//! as `raftmesh serve` child processes with log files where a test must see
+//! a real process (kill -9, SIGSTOP, the binary's own logging) — and talks
+//! to them over the HTTP gateway either way.
 //!
 //! Every wait loop is bounded in time and in iterations. On a panic, the
 //! cluster's `Drop` prints the tail of every node's log before killing it.
@@ -78,6 +80,12 @@ pub fn timing_args() -> Vec<String> {
 
 pub struct Node {
     pub id: NodeId,
+    /// Runs in this process rather than as a child process.
+    pub in_process: bool,
+    /// An in-process node that is started.
+    pub in_process_running: bool,
+    /// Where its data lives (the in-process cluster owns its own temp dir).
+    data: PathBuf,
     pub http_port: u16,
     pub grpc_port: u16,
     /// Node ids listed as `--peer` (their addresses come from the cluster).
@@ -90,7 +98,7 @@ pub struct Node {
 
 impl Node {
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("node.log")
@@ -108,6 +116,9 @@ impl Node {
         self.child.as_ref().map(|c| c.id())
     }
     pub fn is_running(&mut self) -> bool {
+        if self.in_process {
+            return self.in_process_running;
+        }
         match self.child.as_mut() {
             None => false,
             Some(c) => matches!(c.try_wait(), Ok(None)),
@@ -116,6 +127,9 @@ impl Node {
 
     /// The last `lines` lines of this node's log.
     pub fn log_tail(&self, lines: usize) -> String {
+        if self.in_process {
+            return "<in-process node: its log is this test's output>".into();
+        }
         let mut f = match File::open(self.log_path()) {
             Ok(f) => f,
             Err(e) => return format!("<no log: {e}>"),
@@ -309,6 +323,8 @@ pub struct ClusterOpts {
     pub nodes: u64,
     /// Extra `serve` args for every node (after the timing args).
     pub extra_args: Vec<String>,
+    /// Child processes instead of in-process nodes.
+    pub processes: bool,
 }
 
 impl Default for ClusterOpts {
@@ -316,6 +332,7 @@ impl Default for ClusterOpts {
         ClusterOpts {
             nodes: 3,
             extra_args: Vec::new(),
+            processes: false,
         }
     }
 }
@@ -324,13 +341,42 @@ pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Node>,
     pub client: reqwest::Client,
     pub extra_args: Vec<String>,
+    /// Nodes added later run the same way as the first ones.
+    processes: bool,
+    /// The in-process nodes (real servers in this process).
+    inproc: raftmesh_node::testing::TestCluster,
     _serial: MutexGuard<'static, ()>,
 }
 
+/// `serve` arguments as the binary would read them.
+#[derive(clap::Parser)]
+struct ServeOnly {
+    #[command(flatten)]
+    args: raftmesh_node::ServeArgs,
+}
+
+fn config_from_args(args: &[String]) -> raftmesh_node::Config {
+    use clap::Parser as _;
+    let w = ServeOnly::try_parse_from(args.iter().map(String::as_str))
+        .unwrap_or_else(|e| panic!("bad serve args {args:?}: {e}"));
+    w.args
+        .resolve()
+        .unwrap_or_else(|e| panic!("bad serve args {args:?}: {e}"))
+}
+
 impl Cluster {
-    /// Start a 3-node cluster with default options.
+    /// Start a 3-node in-process cluster with default options.
     pub async fn start3() -> Cluster {
         Cluster::start(ClusterOpts::default()).await
+    }
+
+    /// Start a 3-node cluster of child processes.
+    pub async fn start3_processes() -> Cluster {
+        Cluster::start(ClusterOpts {
+            processes: true,
+            ..Default::default()
+        })
+        .await
     }
 
     /// Start `opts.nodes` nodes and wait until they agree on a leader.
@@ -340,33 +386,51 @@ impl Cluster {
             nodes: BTreeMap::new(),
             client: client(),
             extra_args: opts.extra_args.clone(),
+            processes: opts.processes,
+            inproc: raftmesh_node::testing::TestCluster {
+                nodes: BTreeMap::new(),
+            },
             _serial: guard,
         };
         let ids: Vec<NodeId> = (1..=opts.nodes).collect();
         for &id in &ids {
-            c.add_node(id, ids.clone(), opts.extra_args.clone());
+            c.add_node(id, ids.clone(), opts.extra_args.clone()).await;
         }
         for &id in &ids {
-            c.spawn(id);
+            c.spawn(id).await;
         }
         c.wait_for_leader().await;
         c
     }
 
     /// Register a node (fresh ports and data dir) without starting it.
-    pub fn add_node(&mut self, id: NodeId, peer_ids: Vec<NodeId>, extra_args: Vec<String>) {
+    pub async fn add_node(&mut self, id: NodeId, peer_ids: Vec<NodeId>, extra_args: Vec<String>) {
         assert!(!self.nodes.contains_key(&id), "node {id} already exists");
         let dir = tempfile::Builder::new()
             .prefix(&format!("raftmesh-n{id}-"))
             .tempdir()
             .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
+        let (data, http_port, grpc_port) = if self.processes {
+            (dir.path().join("data"), free_port(), free_port())
+        } else {
+            // Ports bound now (port 0) and kept across restarts.
+            let t = self
+                .inproc
+                .prepare(id, &|_| {})
+                .await
+                .expect("prepare node");
+            (t.data_dir().clone(), t.http_addr.port(), t.grpc_addr.port())
+        };
         self.nodes.insert(
             id,
             Node {
                 id,
-                http_port: free_port(),
-                grpc_port: free_port(),
+                in_process: !self.processes,
+                in_process_running: false,
+                data,
+                http_port,
+                grpc_port,
                 peer_ids,
                 extra_args,
                 dir,
@@ -423,14 +487,26 @@ impl Cluster {
         args
     }
 
-    /// Start (or restart: same command, same data dir) a node's process.
-    pub fn spawn(&mut self, id: NodeId) {
+    /// Start (or restart: same command, same data dir) a node.
+    pub async fn spawn(&mut self, id: NodeId) {
         let args = self.serve_args(id);
         let n = self.node_mut(id);
         if n.is_running() {
             panic!("node {id} is already running");
         }
         n.starts += 1;
+        if n.in_process {
+            let mut full = vec!["serve".to_string()];
+            full.extend(args.into_iter().skip(1));
+            let cfg = config_from_args(&full);
+            self.inproc.nodes.get_mut(&id).expect("prepared").cfg = cfg;
+            self.inproc
+                .start(id)
+                .await
+                .unwrap_or_else(|e| panic!("starting node {id}: {e}"));
+            self.node_mut(id).in_process_running = true;
+            return;
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -456,8 +532,13 @@ impl Cluster {
         n.child = Some(child);
     }
 
-    /// Crash a node: SIGKILL, then reap it.
-    pub fn kill(&mut self, id: NodeId) {
+    /// Crash a node: SIGKILL, then reap it (in process: stop it).
+    pub async fn kill(&mut self, id: NodeId) {
+        if self.node(id).in_process {
+            self.inproc.stop(id).await;
+            self.node_mut(id).in_process_running = false;
+            return;
+        }
         let n = self.node_mut(id);
         if let Some(mut c) = n.child.take() {
             let _ = c.kill();
@@ -467,7 +548,13 @@ impl Cluster {
 
     /// Clean stop: SIGTERM, then wait (bounded) for the process to exit.
     /// Returns its exit status. Panics (after a SIGKILL) if it did not exit.
-    pub fn terminate(&mut self, id: NodeId) -> ExitStatus {
+    pub async fn terminate(&mut self, id: NodeId) -> ExitStatus {
+        if self.node(id).in_process {
+            self.inproc.stop(id).await;
+            self.node_mut(id).in_process_running = false;
+            use std::os::unix::process::ExitStatusExt as _;
+            return ExitStatus::from_raw(0);
+        }
         let pid = self
             .node(id)
             .pid()
@@ -493,10 +580,30 @@ impl Cluster {
         panic!("node {id} (pid {pid}) did not exit within 15 s of SIGTERM");
     }
 
+    /// Stops a node from talking to its peers: SIGSTOP for a process (it
+    /// freezes), isolation in process (it runs but its RPCs fail both ways).
+    pub fn freeze(&mut self, id: NodeId, on: bool) {
+        if self.node(id).in_process {
+            self.inproc.isolate(id, on);
+            return;
+        }
+        let pid = self.node(id).pid().expect("running").to_string();
+        let sig = if on { "-STOP" } else { "-CONT" };
+        let st = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {sig} {pid} failed");
+    }
+
     /// Panic with a clear message if a node we expect to run has exited.
     pub fn assert_alive(&mut self, ids: &[NodeId]) {
         for &id in ids {
             let n = self.node_mut(id);
+            if n.in_process {
+                assert!(n.in_process_running, "node {id} is not running");
+                continue;
+            }
             if let Some(c) = n.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     panic!("node {id} exited unexpectedly: {st}");

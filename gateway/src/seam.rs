@@ -1,5 +1,7 @@
-//! The seam between the HTTP APIs and the cluster. The gateway owns this trait
-//! so it never needs openraft or RocksDB; the node implements it.
+//! The seam between the HTTP APIs and the cluster: small traits the gateway
+//! owns, so it never needs openraft or RocksDB, and each API module asks only
+//! for what it uses (pm3 KV: [`Replicate`] + [`KvRead`]; operations:
+//! [`ClusterOps`]). The node implements them.
 
 use std::future::Future;
 use std::time::Duration;
@@ -87,26 +89,52 @@ pub struct MembershipOutcome {
     pub not_demoted: Vec<NodeId>,
 }
 
-/// What the gateway needs from the cluster. All methods are answered by the
-/// local node; writes and read barriers may travel to the leader.
-pub trait Backend: Send + Sync + 'static {
-    /// Current Raft view for response headers.
-    fn raft_view(&self) -> RaftView;
+/// One page of a bounded key scan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyPage {
+    /// Live keys in byte order.
+    pub keys: Vec<String>,
+    /// Set when more keys follow: continue the scan after this key.
+    pub next_after: Option<String>,
+}
 
-    /// Replicate `cmd` as one log entry and wait until it is applied.
-    /// `ClusterError::Unknown` means it was sent but its fate is unknown.
+/// Getting a command replicated, and reads linearized. Every write API asks
+/// for this; nothing else reaches the log.
+pub trait Replicate: Send + Sync + 'static {
+    /// Replicate `cmd` as (part of) one log entry and wait until it is
+    /// applied. [`ClusterError::outcome_unknown`] means it was sent but its
+    /// fate is unknown.
     fn write(&self, cmd: Cmd) -> impl Future<Output = Result<WriteOutcome, ClusterError>> + Send;
 
     /// Linearizable read barrier: confirm the read index with the leader,
     /// then wait until the local state machine has applied it. Returns the
     /// applied index the subsequent local read reflects.
     fn read_barrier(&self) -> impl Future<Output = Result<u64, ClusterError>> + Send;
+}
 
-    /// Local state-machine read of one key.
-    fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, ClusterError>;
+/// Local reads of the pm3 KV state (after a barrier, or stale).
+pub trait KvRead: Send + Sync + 'static {
+    /// One key.
+    fn kv_get(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<KvEntry>, ClusterError>> + Send;
 
-    /// Local state-machine listing of live keys with `prefix`, sorted.
-    fn kv_list(&self, prefix: &str) -> Result<Vec<String>, ClusterError>;
+    /// At most `limit` live keys with `prefix`, in byte order, starting
+    /// after `after` (exclusive) when given. Runs off the async workers.
+    fn kv_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<KeyPage, ClusterError>> + Send;
+}
+
+/// The cluster as operators see it: the Raft view stamped on every answer,
+/// status, readiness, metrics and membership changes.
+pub trait ClusterOps: Send + Sync + 'static {
+    /// Current Raft view for response headers.
+    fn raft_view(&self) -> RaftView;
 
     fn cluster_status(&self) -> ClusterStatus;
 
@@ -142,3 +170,9 @@ pub trait Backend: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<ClusterProgress, ClusterError>> + Send;
 }
+
+/// Everything the whole router needs; implemented for any type that
+/// provides each part.
+pub trait Backend: Replicate + KvRead + ClusterOps {}
+
+impl<T: Replicate + KvRead + ClusterOps> Backend for T {}
