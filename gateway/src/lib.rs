@@ -1,16 +1,16 @@
 //! raftmesh's HTTP gateway: the axum routes of the compatible APIs (pm3 KV
-//! and CAS today), their JSON shapes, the operations routes, and the
-//! [`Backend`] trait through which all of it reaches the cluster.
+//! and CAS today), their JSON shapes, the operations routes, and the seam
+//! traits ([`seam`]) through which all of it reaches the cluster.
 //!
 //! The gateway owns HTTP concerns only: routing, request validation, status
-//! mapping ([`GatewayError`]), the `X-Raft-*` response headers, the
-//! internal/external gate, and request metrics. Replication and storage live
-//! behind [`Backend`], implemented by the node crate, so this crate must not
-//! depend on openraft, RocksDB or tonic directly; it shares only the plain
-//! types of `raftmesh-proto` (`Cmd`, `ApplyResult`, `ClusterError`, ...).
+//! mapping ([`GatewayError`], one function), the `X-Raft-*` response
+//! headers, the internal/external gate, request metrics and connection
+//! handling. Replication and storage live behind [`Replicate`], [`KvRead`]
+//! and [`ClusterOps`], implemented by the node crate, so this crate must not
+//! depend on openraft, RocksDB or tonic; it shares only the plain types of
+//! `raftmesh-proto` (`Cmd`, `ApplyResult`, `ClusterError`, ...).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -18,6 +18,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
 
 mod access;
+mod conn;
 pub mod error;
 mod json;
 mod layers;
@@ -131,16 +132,10 @@ pub async fn run<B: Backend>(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "gateway listening");
     }
-    let app = router(backend, cfg);
-    use axum::serve::ListenerExt;
-    // Small request/response exchanges on keep-alive connections: without
-    // TCP_NODELAY a response split over two writes waits on delayed ACKs.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let app = router(backend, cfg).layer(from_fn(conn::expose_peer));
     axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        conn::GatewayListener(listener),
+        app.into_make_service_with_connect_info::<conn::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -57,6 +57,45 @@ struct State {
     in_flight: usize,
 }
 
+/// Takes from `queue`, in order, the writes that fit one entry: one per key,
+/// at most [`MAX_BATCH`] of them and `max_entry_bytes` in all (a single
+/// write is always taken: `submit` bounded its size). Returns the batch and
+/// the writes whose deadline passed; the rest stay queued in order.
+fn pack(
+    queue: &mut VecDeque<Pending>,
+    now: Instant,
+    max_entry_bytes: usize,
+) -> (Vec<Pending>, Vec<Pending>) {
+    let mut keys = HashSet::new();
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut expired = Vec::new();
+    let mut bytes = 0;
+    let mut rest = VecDeque::with_capacity(queue.len());
+    while let Some(p) = queue.pop_front() {
+        if p.deadline <= now {
+            expired.push(p);
+            continue;
+        }
+        let fits = batch.len() < MAX_BATCH
+            && (batch.is_empty() || bytes + p.bytes <= max_entry_bytes)
+            && match p.cmd.key() {
+                Some(k) => !keys.contains(k),
+                None => batch.is_empty(),
+            };
+        if fits {
+            if let Some(k) = p.cmd.key() {
+                keys.insert(k.to_string());
+            }
+            bytes += p.bytes;
+            batch.push(p);
+        } else {
+            rest.push_back(p);
+        }
+    }
+    *queue = rest;
+    (batch, expired)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,43 +175,20 @@ impl WriteBatcher {
         })
     }
 
-    /// Takes the next batch: queued writes in order, one per key, within the
-    /// count and byte bounds. Writes whose deadline passed while queued are
-    /// answered here: they were never proposed, so nothing was applied.
+    /// Takes the next batch (see [`pack`]) and answers the writes whose
+    /// deadline passed while queued: they were never proposed, so nothing
+    /// was applied.
     fn take_batch(&self) -> Option<Vec<Pending>> {
         let mut s = self.state.lock().expect("write batch state");
-        let now = Instant::now();
-        let mut keys = HashSet::new();
-        let mut batch: Vec<Pending> = Vec::new();
-        let mut bytes = 0;
-        let mut rest = VecDeque::with_capacity(s.queue.len());
-        while let Some(p) = s.queue.pop_front() {
-            if p.deadline <= now {
-                let _ = p.reply.send(Err(ClusterError::Overloaded {
-                    message: format!(
-                        "the write waited {} ms on the leader without being proposed",
-                        self.limits.timeout.as_millis()
-                    ),
-                }));
-                continue;
-            }
-            let fits = batch.len() < MAX_BATCH
-                && (batch.is_empty() || bytes + p.bytes <= self.limits.max_entry_bytes)
-                && match p.cmd.key() {
-                    Some(k) => !keys.contains(k),
-                    None => batch.is_empty(),
-                };
-            if fits {
-                if let Some(k) = p.cmd.key() {
-                    keys.insert(k.to_string());
-                }
-                bytes += p.bytes;
-                batch.push(p);
-            } else {
-                rest.push_back(p);
-            }
+        let (batch, expired) = pack(&mut s.queue, Instant::now(), self.limits.max_entry_bytes);
+        for p in expired {
+            let _ = p.reply.send(Err(ClusterError::Overloaded {
+                message: format!(
+                    "the write waited {} ms on the leader without being proposed",
+                    self.limits.timeout.as_millis()
+                ),
+            }));
         }
-        s.queue = rest;
         if batch.is_empty() {
             s.in_flight -= 1;
             return None;
@@ -233,5 +249,67 @@ impl WriteBatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value_len: usize, deadline: Instant) -> Pending {
+        let cmd = Cmd::KvPut {
+            key: key.into(),
+            value: "1".repeat(value_len),
+            if_revision: None,
+        };
+        Pending {
+            bytes: encoded_len(&cmd),
+            cmd,
+            deadline,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn keys(ps: &[Pending]) -> Vec<&str> {
+        ps.iter().map(|p| p.cmd.key().unwrap()).collect()
+    }
+
+    #[test]
+    fn packing_takes_one_write_per_key_within_the_byte_bound() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut q: VecDeque<Pending> = [
+            put("a", 10, later),
+            put("b", 10, later),
+            put("a", 10, later),
+            put("c", 400, later),
+            put("d", 10, later),
+        ]
+        .into();
+        let bound = 2 * encoded_len(&q[0].cmd) + encoded_len(&q[4].cmd);
+        let (batch, expired) = pack(&mut q, Instant::now(), bound);
+        assert!(expired.is_empty());
+        // The second "a" waits for the next entry; "c" would not fit.
+        assert_eq!(keys(&batch), ["a", "b", "d"]);
+        assert!(batch.iter().map(|p| p.bytes).sum::<usize>() <= bound);
+        assert_eq!(keys(q.make_contiguous()), ["a", "c"]);
+        // An entry over the bound on its own still goes alone.
+        let (batch, _) = pack(&mut q, Instant::now(), 1);
+        assert_eq!(keys(&batch), ["a"]);
+        let (batch, _) = pack(&mut q, Instant::now(), 1);
+        assert_eq!(keys(&batch), ["c"]);
+    }
+
+    #[test]
+    fn writes_past_their_deadline_are_not_proposed() {
+        let now = Instant::now();
+        let mut q: VecDeque<Pending> = [
+            put("a", 1, now - Duration::from_millis(1)),
+            put("b", 1, now + Duration::from_secs(1)),
+        ]
+        .into();
+        let (batch, expired) = pack(&mut q, now, 1 << 20);
+        assert_eq!(keys(&batch), ["b"]);
+        assert_eq!(keys(&expired), ["a"]);
+        assert!(q.is_empty());
     }
 }

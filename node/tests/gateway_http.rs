@@ -725,8 +725,9 @@ async fn cas_body_limit_exceeds_put_body_limit() {
     assert_eq!(gw.send("GET", "/kv/k", "").await.json()["value"], 1);
 }
 
-/// The real server over TCP: loopback is internal, TCP_NODELAY is on, and
-/// a request the limits refuse is 413 before anything is proposed.
+/// The real server over TCP: loopback is internal, an unparsable request
+/// still gets a JSON error, and a request the limits refuse is 413 before
+/// anything is proposed.
 #[tokio::test(flavor = "multi_thread")]
 async fn over_real_sockets() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -742,6 +743,24 @@ async fn over_real_sockets() {
     assert!(raw.to_ascii_lowercase().contains("x-served-by: 1"), "{raw}");
     assert!(raw.ends_with(r#"{"revision":0,"value":null}"#), "{raw}");
 
+    // hyper refuses a URI over 64 KiB before any route runs; the answer is
+    // still this API's JSON error.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let long = format!(
+        "GET /kv/{} HTTP/1.1\r\nHost: pm3\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    conn.write_all(long.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 414"), "{raw}");
+    assert!(raw.contains("content-type: application/json"), "{raw}");
+    let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("too long"),
+        "{raw}"
+    );
+
     // A CAS of two 60-byte values is within the value limit but over the
     // 100-byte entry limit: 413, and nothing was written.
     let v = format!("\"{}\"", "z".repeat(58));
@@ -755,4 +774,64 @@ async fn over_real_sockets() {
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text);
     assert!(r.error().contains("max-entry-bytes"), "{}", r.text);
     assert_eq!(gw.applied().await, gw.base);
+}
+
+/// The leader's write queue is bounded: with the commit path stalled, the
+/// write past `max_pending_writes` is refused at once (503, nothing
+/// applied); the others end "outcome unknown" (504) within the write
+/// timeout of their own arrival — time spent queued counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_write_queue_is_503_and_queued_time_counts() {
+    let gw = Gw::start(3, |c| {
+        c.write_timeout_ms = 1_000;
+        c.max_pending_writes = 1;
+    })
+    .await;
+    let leader: u64 = gw
+        .send("GET", "/kv/q?stale", "")
+        .await
+        .header("x-served-by")
+        .parse()
+        .unwrap();
+    for f in [1, 2, 3].into_iter().filter(|&i| i != leader) {
+        gw.cluster.isolate(f, true);
+    }
+    // Two batches go in flight (each waits for a commit that cannot come),
+    // the third write waits in the queue, the fourth finds it full.
+    let mut inflight = Vec::new();
+    for i in 0..3 {
+        let app = gw.app.clone();
+        inflight.push(tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            let r = send_to(
+                &app,
+                INTERNAL_PEER,
+                "PUT",
+                &format!("/kv/q{i}"),
+                r#"{"value":1}"#,
+                &[],
+            )
+            .await;
+            (r, t.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let r = gw.send("PUT", "/kv/q3", r#"{"value":1}"#).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert!(r.error().contains("max-pending-writes"), "{}", r.text);
+    for (i, t) in inflight.into_iter().enumerate() {
+        let (r, took) = t.await.unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "write {i}: {}",
+            r.text
+        );
+        // The queued write waited ~300 ms for a driver; had its timeout
+        // started only when it was proposed, it would answer after ~1.3 s.
+        assert!(
+            took < Duration::from_millis(1_250),
+            "write {i} answered after {took:?}"
+        );
+    }
 }

@@ -1,0 +1,49 @@
+//! The inter-node RPC surface as a peer of another version (or a broken
+//! one) meets it: what a node answers to requests it cannot use.
+
+use raftmesh_node::testing::start_cluster;
+use raftmesh_proto::pb::raft_service_client::RaftServiceClient;
+use raftmesh_proto::pb::ForwardRequest;
+use raftmesh_proto::ClusterError;
+
+/// A forwarded op the leader cannot decode was not acted on: the answer
+/// says so as data (retry-safe), not as a transport error the sender would
+/// have to treat as "outcome unknown".
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undecodable_forward_is_answered_as_not_applied() {
+    let c = start_cluster(1).await.unwrap();
+    let addr = format!("http://{}", c.node(1).grpc_addr);
+    let mut client = RaftServiceClient::connect(addr).await.unwrap();
+    let reply = client
+        .forward(ForwardRequest {
+            op: b"{\"kind\":\"write\",\"cmd\":{\"op\":\"from_the_future\"}}".to_vec(),
+            hops: 1,
+        })
+        .await
+        .expect("the call itself succeeds")
+        .into_inner();
+    let result: Result<serde_json::Value, ClusterError> =
+        serde_json::from_slice(&reply.result).unwrap();
+    let err = result.unwrap_err();
+    assert!(err.is_retryable() && !err.outcome_unknown(), "{err:?}");
+    assert!(err.to_string().contains("could not decode"), "{err}");
+}
+
+/// A Raft RPC from another cluster is refused and names both clusters.
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_rpcs_from_another_cluster_are_refused() {
+    let c = start_cluster(1).await.unwrap();
+    let addr = format!("http://{}", c.node(1).grpc_addr);
+    let mut client = RaftServiceClient::connect(addr).await.unwrap();
+    let mut req = tonic::Request::new(raftmesh_proto::pb::RaftPayload {
+        data: b"{}".to_vec(),
+        error: Vec::new(),
+    });
+    req.metadata_mut().insert(
+        raftmesh_proto::CLUSTER_ID_HEADER,
+        "someone-else".parse().unwrap(),
+    );
+    let err = client.vote(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("someone-else"), "{}", err.message());
+}
