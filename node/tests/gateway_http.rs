@@ -61,6 +61,8 @@ struct Gw {
     app: Router,
     /// Applied index when the test began: the next write is `base + 1`.
     base: u64,
+    /// The node `app` serves (the leader at start).
+    leader: u64,
 }
 
 impl Gw {
@@ -84,6 +86,7 @@ impl Gw {
             cluster,
             app,
             base: 0,
+            leader,
         };
         // Wait until the leader's first entry of its term is applied, so
         // the next write's index is known.
@@ -443,12 +446,7 @@ async fn reads_are_linearizable_unless_stale() {
 
     // Cut the leader off: a stale read still answers from its state, a
     // linearizable one cannot confirm leadership and says so (503).
-    let leader: u64 = gw
-        .send("GET", "/kv/r?stale", "")
-        .await
-        .header("x-served-by")
-        .parse()
-        .unwrap();
+    let leader = gw.leader;
     gw.cluster.isolate(leader, true);
     let r = gw.send("GET", "/kv/r?stale", "").await;
     assert_eq!(
@@ -570,12 +568,7 @@ async fn cluster_errors_map_to_503_and_504() {
         c.leader_wait_ms = 700;
     })
     .await;
-    let leader: u64 = gw
-        .send("GET", "/kv/u?stale", "")
-        .await
-        .header("x-served-by")
-        .parse()
-        .unwrap();
+    let leader = gw.leader;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
 
     // The leader appends, but no follower hears of it.
@@ -787,12 +780,7 @@ async fn a_full_write_queue_is_503_and_queued_time_counts() {
         c.max_pending_writes = 1;
     })
     .await;
-    let leader: u64 = gw
-        .send("GET", "/kv/q?stale", "")
-        .await
-        .header("x-served-by")
-        .parse()
-        .unwrap();
+    let leader = gw.leader;
     for f in [1, 2, 3].into_iter().filter(|&i| i != leader) {
         gw.cluster.isolate(f, true);
     }

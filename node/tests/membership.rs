@@ -56,6 +56,25 @@ async fn change_membership(
     run_cli(&a, CLI_TIMEOUT).await
 }
 
+/// add-learner of a node just started, retried (bounded) until the node
+/// answers its probe; returns the CLI's stdout.
+async fn add_learner_until_ok(c: &Cluster, via: NodeId, id: NodeId) -> String {
+    let grpc = c.node(id).grpc_addr();
+    eventually(Duration::from_secs(10), Duration::from_millis(200), || {
+        let grpc = grpc.clone();
+        async move {
+            let (ok, out, err) = add_learner(c, via, id, &grpc, &[]).await;
+            if ok {
+                Ok(out)
+            } else {
+                Err(format!("{out}\n{err}"))
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("add-learner of node {id} failed: {e}"))
+}
+
 fn term_of(status: &Value) -> u64 {
     status["term"]
         .as_u64()
@@ -96,24 +115,9 @@ async fn add_learner_refuses_the_unreachable_and_waits_for_the_reachable() {
     }
     c.add_node(4, vec![1, 2, 3, 4], Vec::new()).await;
     c.spawn(4).await;
-    let grpc4 = c.node(4).grpc_addr();
-    let (ok, out, err) = eventually(Duration::from_secs(10), Duration::from_millis(200), || {
-        let c = &c;
-        let grpc4 = grpc4.clone();
-        async move {
-            let r = add_learner(c, leader, 4, &grpc4, &[]).await;
-            if r.0 {
-                Ok(r)
-            } else {
-                Err(format!("{r:?}"))
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("add-learner of a running node 4 failed: {e}"));
-    assert!(ok);
+    let out = add_learner_until_ok(&c, leader, 4).await;
     let reply: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("add-learner printed no JSON ({e}): {out}\n{err}"));
+        .unwrap_or_else(|e| panic!("add-learner printed no JSON ({e}): {out}"));
     let target = reply["target"]
         .as_u64()
         .unwrap_or_else(|| panic!("no target: {reply}"));
@@ -147,21 +151,7 @@ async fn promotion_of_a_silent_or_lagging_learner_is_refused() {
     let leader = c.wait_for_leader().await;
     c.add_node(4, vec![1, 2, 3, 4], Vec::new()).await;
     c.spawn(4).await;
-    let grpc4 = c.node(4).grpc_addr();
-    eventually(Duration::from_secs(10), Duration::from_millis(200), || {
-        let c = &c;
-        let grpc4 = grpc4.clone();
-        async move {
-            let r = add_learner(c, leader, 4, &grpc4, &[]).await;
-            if r.0 {
-                Ok(())
-            } else {
-                Err(format!("{r:?}"))
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("add-learner failed: {e}"));
+    add_learner_until_ok(&c, leader, 4).await;
 
     // Cut node 4 off (it neither answers nor applies), and move on without it.
     c.freeze(4, true);
@@ -216,21 +206,7 @@ async fn promotion_of_a_silent_or_lagging_learner_is_refused() {
     // --force promotes a dead learner (the operator's explicit choice).
     c.add_node(5, vec![1, 2, 3, 4, 5], Vec::new()).await;
     c.spawn(5).await;
-    let grpc5 = c.node(5).grpc_addr();
-    eventually(Duration::from_secs(10), Duration::from_millis(200), || {
-        let c = &c;
-        let grpc5 = grpc5.clone();
-        async move {
-            let r = add_learner(c, l, 5, &grpc5, &[]).await;
-            if r.0 {
-                Ok(())
-            } else {
-                Err(format!("{r:?}"))
-            }
-        }
-    })
-    .await
-    .unwrap();
+    add_learner_until_ok(&c, l, 5).await;
     c.kill(5).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ok, _, _) = change_membership(&c, l, "1,2,3,4,5", &["--timeout", "2"]).await;
