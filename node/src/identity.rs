@@ -77,7 +77,7 @@ impl Identity {
                     let _ = id.cluster_id.set(c);
                 }
             }
-            None => id.persist()?,
+            None => id.persist(None)?,
         }
         Ok(id)
     }
@@ -98,8 +98,9 @@ impl Identity {
                 Err(self.foreign(cluster))
             };
         }
+        // Durable first: whoever sees the id in memory may rely on the file.
+        self.persist(Some(cluster))?;
         let _ = self.cluster_id.set(cluster.to_string());
-        self.persist()?;
         Ok(true)
     }
 
@@ -114,10 +115,10 @@ impl Identity {
 
     /// Writes the file atomically: a temp file, fsync, rename, fsync the dir,
     /// so a crash leaves either the old identity or the new one.
-    fn persist(&self) -> Result<(), NodeError> {
+    fn persist(&self, cluster: Option<&str>) -> Result<(), NodeError> {
         let stored = Stored {
             node_id: self.node_id,
-            cluster_id: self.cluster_id.get().cloned(),
+            cluster_id: cluster.map(str::to_owned),
         };
         let text = serde_json::to_vec_pretty(&stored).expect("identity serializes");
         let tmp = self.path.with_extension("json.tmp");
