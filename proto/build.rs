@@ -4,6 +4,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
     println!("cargo:rerun-if-changed=proto/raftmesh.proto");
+    println!("cargo:rerun-if-changed=proto/log.proto");
     tonic_prost_build::configure().compile_protos(&["proto/raftmesh.proto"], &["proto"])?;
+    // The log schema has no services; plain prost messages.
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_protos(&["proto/log.proto"], &["proto"])?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use raftmesh_proto::{ApplyResult, Cmd};
+use raftmesh_proto::{ApplyResult, Cmd, KvCmd, KvResult};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -205,15 +205,15 @@ async fn put_key<B: Replicate>(
     let value = stored_value(&raw, &st.cfg, "value")?;
     let out = st
         .backend
-        .write(Cmd::KvPut {
+        .write(Cmd::Kv(KvCmd::Put {
             key,
             value,
             if_revision: req.revision,
-        })
+        }))
         .await?;
     let resp = match out.result {
-        ApplyResult::Written { revision } => json_response(revision.to_string()),
-        ApplyResult::RevisionMismatch { current } => GatewayError::Conflict {
+        ApplyResult::Kv(KvResult::Written { revision }) => json_response(revision.to_string()),
+        ApplyResult::Kv(KvResult::RevisionMismatch { current }) => GatewayError::Conflict {
             message: format!(
                 "revision mismatch: expected {}, the key is at revision {current}",
                 req.revision.unwrap_or_default()
@@ -230,9 +230,11 @@ async fn delete_key<B: Replicate>(
     State(st): State<AppState<B>>,
     Key(key): Key,
 ) -> Result<Response, GatewayError> {
-    let out = st.backend.write(Cmd::KvDelete { key }).await?;
+    let out = st.backend.write(Cmd::Kv(KvCmd::Delete { key })).await?;
     match out.result {
-        ApplyResult::Deleted => Ok(with_index(json_response("{}".into()), Some(out.index))),
+        ApplyResult::Kv(KvResult::Deleted) => {
+            Ok(with_index(json_response("{}".into()), Some(out.index)))
+        }
         other => Err(unexpected("delete", &other)),
     }
 }
@@ -259,18 +261,18 @@ async fn cas<B: Replicate>(
     };
     let expected = req.expected.ok_or_else(|| missing("expected"))?;
     let desired = req.desired.ok_or_else(|| missing("desired"))?;
-    let cmd = Cmd::KvCas {
+    let cmd = Cmd::Kv(KvCmd::Cas {
         key,
         expected: stored_value(&expected, &st.cfg, "expected")?,
         desired: stored_value(&desired, &st.cfg, "desired")?,
-    };
+    });
     let out = st.backend.write(cmd).await?;
-    let ApplyResult::Cas {
+    let ApplyResult::Kv(KvResult::Cas {
         ok,
         revision,
         value,
         diff,
-    } = &out.result
+    }) = &out.result
     else {
         return Err(unexpected("cas", &out.result));
     };

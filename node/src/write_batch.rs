@@ -1,5 +1,5 @@
 //! Write batching on the leader: concurrent client writes are packed into one
-//! Raft entry ([`Cmd::Batch`]) so a burst costs one append, one fsync, one
+//! Raft entry ([`Cmd::Pack`]) so a burst costs one append, one fsync, one
 //! replication round and one apply instead of one each. A batch holds at
 //! most one write per key, so a key's revision (the entry's index) still
 //! names exactly one value; a second write to the same key waits for the
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::Raft;
-use raftmesh_proto::{ApplyResult, ClusterError, Cmd, LogEntry, TypeConfig};
+use raftmesh_proto::{ApplyResult, ClusterError, Cmd, ConflictKey, LogEntry, TypeConfig};
 use tokio::sync::oneshot;
 
 use crate::classify;
@@ -57,37 +57,58 @@ struct State {
     in_flight: usize,
 }
 
-/// Takes from `queue`, in order, the writes that fit one entry: one per key,
-/// at most [`MAX_BATCH`] of them and `max_entry_bytes` in all (a single
-/// write is always taken: `submit` bounded its size). Returns the batch and
-/// the writes whose deadline passed; the rest stay queued in order.
+/// Takes from `queue` the longest prefix of writes that fit one entry:
+/// within [`MAX_BATCH`] writes and `max_entry_bytes` (a single write is
+/// always taken: `submit` bounded its size), and without two writes to one
+/// exclusive key, or an exclusive and an ordered write to one key (see
+/// [`ConflictKey`]). A prefix, so writes are proposed in arrival order and
+/// a client's writes are applied in the order it sent them. Returns the
+/// batch and the writes whose deadline passed.
 fn pack(
     queue: &mut VecDeque<Pending>,
     now: Instant,
     max_entry_bytes: usize,
 ) -> (Vec<Pending>, Vec<Pending>) {
-    let mut keys = HashSet::new();
+    let mut exclusive = HashSet::new();
+    let mut ordered = HashSet::new();
     let mut batch: Vec<Pending> = Vec::new();
     let mut expired = Vec::new();
     let mut bytes = 0;
-    let mut rest = VecDeque::with_capacity(queue.len());
-    while let Some(p) = queue.pop_front() {
+    while let Some(p) = queue.front() {
         if p.deadline <= now {
-            expired.push(p);
+            expired.extend(queue.pop_front());
             continue;
         }
+        let keys = p.cmd.conflict_keys();
+        let clash = keys.iter().any(|k| match k {
+            ConflictKey::Exclusive(d, key) => {
+                let k = (*d, key.clone());
+                exclusive.contains(&k) || ordered.contains(&k)
+            }
+            ConflictKey::Ordered(d, key) => exclusive.contains(&(*d, key.clone())),
+        });
         let fits = batch.len() < MAX_BATCH
             && (batch.is_empty() || bytes + p.bytes <= max_entry_bytes)
-            && match p.cmd.key() {
-                Some(k) => !keys.contains(k),
-                None => batch.is_empty(),
+            && !clash;
+        if !fits {
+            break;
+        }
+        let p = queue.pop_front().expect("front exists");
+        for k in keys {
+            match k {
+                ConflictKey::Exclusive(d, key) => exclusive.insert((d, key)),
+                ConflictKey::Ordered(d, key) => ordered.insert((d, key)),
             };
-        if fits {
-            if let Some(k) = p.cmd.key() {
-                keys.insert(k.to_string());
-            }
-            bytes += p.bytes;
-            batch.push(p);
+        }
+        bytes += p.bytes;
+        batch.push(p);
+    }
+    // Expired writes behind the cut are answered now too.
+    let before = queue.len();
+    let mut rest = VecDeque::with_capacity(before);
+    for p in queue.drain(..) {
+        if p.deadline <= now {
+            expired.push(p);
         } else {
             rest.push_back(p);
         }
@@ -103,21 +124,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes of `cmd` as the log stores it, counted without allocating.
+/// Bytes of `cmd` as the log stores it.
 pub fn encoded_len(cmd: &Cmd) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count(0);
-    let _ = serde_json::to_writer(&mut c, cmd);
-    c.0
+    raftmesh_proto::codec::cmd_len(cmd)
 }
 
 impl WriteBatcher {
@@ -209,7 +218,7 @@ impl WriteBatcher {
             let cmd = if single {
                 cmds.into_iter().next().expect("one")
             } else {
-                Cmd::Batch { cmds }
+                Cmd::Pack(cmds)
             };
             let entry = LogEntry {
                 time_ms: now_ms(),
@@ -221,7 +230,7 @@ impl WriteBatcher {
                 Ok(Ok(resp)) => {
                     let index = resp.log_id.index;
                     match resp.data {
-                        ApplyResult::Batch { results } if !single => {
+                        ApplyResult::Pack(results) if !single => {
                             for (tx, r) in replies.into_iter().zip(results) {
                                 let _ = tx.send(Ok((index, r)));
                             }
@@ -257,11 +266,11 @@ mod tests {
     use super::*;
 
     fn put(key: &str, value_len: usize, deadline: Instant) -> Pending {
-        let cmd = Cmd::KvPut {
+        let cmd = Cmd::Kv(raftmesh_proto::KvCmd::Put {
             key: key.into(),
             value: "1".repeat(value_len),
             if_revision: None,
-        };
+        });
         Pending {
             bytes: encoded_len(&cmd),
             cmd,
@@ -270,8 +279,13 @@ mod tests {
         }
     }
 
-    fn keys(ps: &[Pending]) -> Vec<&str> {
-        ps.iter().map(|p| p.cmd.key().unwrap()).collect()
+    fn keys(ps: &[Pending]) -> Vec<String> {
+        ps.iter()
+            .map(|p| match &p.cmd {
+                Cmd::Kv(k) => k.key().to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
     }
 
     #[test]
@@ -285,18 +299,21 @@ mod tests {
             put("d", 10, later),
         ]
         .into();
-        let bound = 2 * encoded_len(&q[0].cmd) + encoded_len(&q[4].cmd);
-        let (batch, expired) = pack(&mut q, Instant::now(), bound);
+        let small = encoded_len(&q[0].cmd);
+        let (batch, expired) = pack(&mut q, Instant::now(), 1 << 20);
         assert!(expired.is_empty());
-        // The second "a" waits for the next entry; "c" would not fit.
-        assert_eq!(keys(&batch), ["a", "b", "d"]);
-        assert!(batch.iter().map(|p| p.bytes).sum::<usize>() <= bound);
-        assert_eq!(keys(q.make_contiguous()), ["a", "c"]);
+        // The second "a" waits for the next entry, and so does everything
+        // after it: writes are proposed in arrival order.
+        assert_eq!(keys(&batch), ["a", "b"]);
+        assert_eq!(keys(q.make_contiguous()), ["a", "c", "d"]);
+        // "c" would take the entry over the byte bound: the cut is before it.
+        let (batch, _) = pack(&mut q, Instant::now(), 2 * small);
+        assert_eq!(keys(&batch), ["a"]);
         // An entry over the bound on its own still goes alone.
         let (batch, _) = pack(&mut q, Instant::now(), 1);
-        assert_eq!(keys(&batch), ["a"]);
-        let (batch, _) = pack(&mut q, Instant::now(), 1);
         assert_eq!(keys(&batch), ["c"]);
+        let (batch, _) = pack(&mut q, Instant::now(), 1 << 20);
+        assert_eq!(keys(&batch), ["d"]);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! raftmesh's contracts between crates and between nodes: the generated gRPC
-//! code, the [`Cmd`] enum that is persisted in every Raft log entry, the
+//! code, the replicated commands by domain ([`cmd`]), the versioned binary
+//! codec every log entry is stored and sent in ([`codec`], golden tests pin
+//! its bytes), the reader of release 0.1's JSON entries ([`legacy`]), the
 //! openraft [`TypeConfig`], and the errors every layer shares.
 //!
 //! This crate must not depend on RocksDB, axum, or any other raftmesh crate:
-//! everything else depends on it. [`Cmd`] and [`LogEntry`] are stored on disk
-//! forever, so their serde shape is frozen by a golden test; new fields must be
-//! `#[serde(default)]`.
+//! everything else depends on it.
 
 use std::fmt;
 use std::io::Cursor;
@@ -16,6 +16,12 @@ use serde::{Deserialize, Serialize};
 pub mod pb {
     tonic::include_proto!("raftmesh.v1");
 }
+
+pub mod cmd;
+pub mod codec;
+pub mod legacy;
+
+pub use cmd::{ApplyResult, Cmd, ConflictKey, Domain, KvCmd, KvEntry, KvResult};
 
 /// gRPC request metadata carrying the sender's cluster id; a node of another
 /// cluster refuses the request, a node that has joined none adopts it.
@@ -66,85 +72,6 @@ impl fmt::Display for LogEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}@{}", self.cmd, self.time_ms)
     }
-}
-
-/// A replicated write. Values are JSON text, validated and compacted by the
-/// gateway once, so apply never re-parses a value it only stores.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Cmd {
-    /// pm3 `PUT /kv/:key`; with `if_revision` the write happens only if the
-    /// key's revision equals it (0 = key absent).
-    KvPut {
-        key: String,
-        value: String,
-        #[serde(default)]
-        if_revision: Option<u64>,
-    },
-    /// pm3 `DELETE /kv/:key`; deleting a missing key is not an error.
-    KvDelete { key: String },
-    /// pm3 `POST /kv/:key/cas`: compare with deep JSON equality at apply
-    /// time, so the check and the write are one atomic step.
-    KvCas {
-        key: String,
-        expected: String,
-        desired: String,
-    },
-    /// Concurrent client writes the leader packed into one entry, so they
-    /// share one append, one replication round and one apply. They touch
-    /// distinct keys, so each key's revision (the entry's index) still
-    /// names exactly one value. Applied in order.
-    Batch { cmds: Vec<Cmd> },
-}
-
-impl Cmd {
-    /// The pm3 key a command writes, if it writes exactly one.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Cmd::KvPut { key, .. } | Cmd::KvDelete { key } | Cmd::KvCas { key, .. } => Some(key),
-            Cmd::Batch { .. } => None,
-        }
-    }
-}
-
-/// What applying one entry produced; returned to the client that proposed it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum ApplyResult {
-    /// Blank and membership entries.
-    #[default]
-    None,
-    /// The key now holds the written value at `revision`.
-    Written {
-        revision: u64,
-    },
-    /// A conditional put found another revision; nothing changed.
-    RevisionMismatch {
-        current: u64,
-    },
-    Deleted,
-    /// Outcome of a CAS. On success `value` is the desired value and `diff`
-    /// is empty; on failure `value` is the current value and `diff` an RFC
-    /// 6902 patch (JSON text) turning `expected` into it.
-    Cas {
-        ok: bool,
-        revision: u64,
-        value: String,
-        diff: String,
-    },
-    /// One result per command of a [`Cmd::Batch`], in order.
-    Batch {
-        results: Vec<ApplyResult>,
-    },
-}
-
-/// A stored KV record as readers see it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct KvEntry {
-    /// Log index of the entry that last wrote the key.
-    pub revision: u64,
-    /// Compact JSON text.
-    pub value: String,
 }
 
 /// A request a follower sends its leader over `RaftService.Forward`.
@@ -354,70 +281,6 @@ impl ClusterError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The persisted shape of log entries. Changing any of these strings
-    /// breaks every existing data directory: add fields with
-    /// `#[serde(default)]` instead.
-    #[test]
-    fn golden_log_entry_serde() {
-        let cases = [
-            (
-                Cmd::KvPut {
-                    key: "a".into(),
-                    value: "1".into(),
-                    if_revision: Some(3),
-                },
-                r#"{"time_ms":7,"cmd":{"op":"kv_put","key":"a","value":"1","if_revision":3}}"#,
-            ),
-            (
-                Cmd::KvDelete { key: "a".into() },
-                r#"{"time_ms":7,"cmd":{"op":"kv_delete","key":"a"}}"#,
-            ),
-            (
-                Cmd::KvCas {
-                    key: "a".into(),
-                    expected: "null".into(),
-                    desired: "{\"x\":1}".into(),
-                },
-                r#"{"time_ms":7,"cmd":{"op":"kv_cas","key":"a","expected":"null","desired":"{\"x\":1}"}}"#,
-            ),
-            (
-                Cmd::Batch {
-                    cmds: vec![
-                        Cmd::KvDelete { key: "a".into() },
-                        Cmd::KvPut {
-                            key: "b".into(),
-                            value: "2".into(),
-                            if_revision: None,
-                        },
-                    ],
-                },
-                r#"{"time_ms":7,"cmd":{"op":"batch","cmds":[{"op":"kv_delete","key":"a"},{"op":"kv_put","key":"b","value":"2","if_revision":null}]}}"#,
-            ),
-        ];
-        for (cmd, golden) in cases {
-            let entry = LogEntry { time_ms: 7, cmd };
-            assert_eq!(serde_json::to_string(&entry).unwrap(), golden);
-            let back: LogEntry = serde_json::from_str(golden).unwrap();
-            assert_eq!(back, entry);
-        }
-    }
-
-    /// Entries written before `if_revision` existed still decode.
-    #[test]
-    fn old_put_without_if_revision_decodes() {
-        let e: LogEntry =
-            serde_json::from_str(r#"{"time_ms":1,"cmd":{"op":"kv_put","key":"k","value":"2"}}"#)
-                .unwrap();
-        assert_eq!(
-            e.cmd,
-            Cmd::KvPut {
-                key: "k".into(),
-                value: "2".into(),
-                if_revision: None
-            }
-        );
-    }
 
     #[test]
     fn cluster_error_roundtrips_for_forwarding() {

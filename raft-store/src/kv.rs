@@ -1,6 +1,6 @@
 //! pm3 KV records: the encoding in the `sm` column family and the apply rules.
 
-use raftmesh_proto::{ApplyResult, KvEntry};
+use raftmesh_proto::{KvEntry, KvResult};
 
 use crate::StoreError;
 
@@ -41,36 +41,34 @@ fn parse_or_null(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
 }
 
-/// Decides a CAS against the current record, deterministically.
-/// Returns the result and, on success, the value to store.
+/// Decides a CAS against the current record, deterministically; on
+/// success (`ok`) the caller stores `desired` at `index`.
 pub(crate) fn decide_cas(
     index: u64,
     current: Option<&KvEntry>,
     expected: &str,
     desired: &str,
-) -> (ApplyResult, bool) {
+) -> KvResult {
     let cur_value = current
         .map(|e| parse_or_null(&e.value))
         .unwrap_or(serde_json::Value::Null);
     let expected_v = parse_or_null(expected);
     if cur_value == expected_v {
-        let r = ApplyResult::Cas {
+        KvResult::Cas {
             ok: true,
             revision: index,
             value: desired.to_string(),
             diff: String::new(),
-        };
-        (r, true)
+        }
     } else {
         let patch = json_patch::diff(&expected_v, &cur_value);
         let diff = serde_json::to_string(&patch).expect("a patch always serializes");
-        let r = ApplyResult::Cas {
+        KvResult::Cas {
             ok: false,
             revision: current.map_or(0, |e| e.revision),
             value: current.map_or_else(|| "null".to_string(), |e| e.value.clone()),
             diff,
-        };
-        (r, false)
+        }
     }
 }
 
@@ -97,19 +95,21 @@ mod tests {
             revision: 3,
             value: r#"{"a":1,"b":[1,2]}"#.into(),
         };
-        let (r, ok) = decide_cas(9, Some(&cur), r#"{"b":[1,2],"a":1}"#, "5");
-        assert!(ok);
+        let r = decide_cas(9, Some(&cur), r#"{"b":[1,2],"a":1}"#, "5");
         assert_eq!(
             r,
-            ApplyResult::Cas {
+            KvResult::Cas {
                 ok: true,
                 revision: 9,
                 value: "5".into(),
                 diff: String::new()
             }
         );
-        let (_, ok) = decide_cas(9, None, "null", "1");
-        assert!(ok, "missing key equals null");
+        let r = decide_cas(9, None, "null", "1");
+        assert!(
+            matches!(r, KvResult::Cas { ok: true, .. }),
+            "missing key equals null"
+        );
     }
 
     #[test]
@@ -119,9 +119,9 @@ mod tests {
             value: r#"{"a":[1,2,{"x":3}],"n":{"m":1}}"#.into(),
         };
         let expected = r#"{"a":[1],"n":{}}"#;
-        let (r, ok) = decide_cas(9, Some(&cur), expected, "0");
-        assert!(!ok);
-        let ApplyResult::Cas {
+        let r = decide_cas(9, Some(&cur), expected, "0");
+        assert!(r.refused());
+        let KvResult::Cas {
             revision,
             value,
             diff,

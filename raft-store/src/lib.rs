@@ -13,6 +13,7 @@
 //! covers them; after a crash a slightly stale committed index is safe and
 //! openraft re-applies the committed log tail from `last_applied`.
 
+pub mod apply;
 mod kv;
 mod log_store;
 mod state_machine;
@@ -31,8 +32,13 @@ pub use state_machine::{StateMachine, StateMachineMetrics};
 const CF_LOGS: &str = "logs";
 /// Vote, committed log id, last purged log id.
 const CF_RAFT_META: &str = "raft_meta";
-/// Replicated application data; every key starts with an API prefix
-/// (`k/` for pm3 KV) so snapshots dump and install one column family.
+/// Replicated state; every key starts with its table's prefix, so
+/// snapshots dump and install one column family:
+///
+/// | prefix | table |
+/// |---|---|
+/// | `k/` | pm3 KV: key → 8-byte revision + compact JSON value |
+/// | `m/` | the state's own metadata (`m/time`: the apply clock) |
 const CF_SM: &str = "sm";
 /// last_applied, membership, and the current snapshot.
 const CF_SM_META: &str = "sm_meta";
@@ -44,6 +50,8 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("decoding stored data: {0}")]
     Codec(#[from] serde_json::Error),
+    #[error("decoding a log entry: {0}")]
+    Entry(#[from] raftmesh_proto::codec::CodecError),
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("snapshot at {incoming} is older than the current snapshot at {current}")]
@@ -92,6 +100,11 @@ pub struct StoreReader {
 }
 
 impl StoreReader {
+    #[cfg(test)]
+    pub(crate) fn db_for_tests(&self) -> Arc<DB> {
+        self.db.clone()
+    }
+
     /// The pm3 KV record of `key`, if live.
     pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
         let raw = self.db.get_cf(cf(&self.db, CF_SM), kv::data_key(key))?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
-use raftmesh_proto::{NodeId, TypeConfig};
+use raftmesh_proto::{codec, NodeId, TypeConfig};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -66,7 +66,7 @@ impl LogStore {
             None => Ok(None),
             Some(item) => {
                 let (_, v) = item?;
-                let e: Entry<TypeConfig> = serde_json::from_slice(&v)?;
+                let e: Entry<TypeConfig> = codec::decode_entry(&v)?;
                 Ok(Some(e.log_id))
             }
         }
@@ -93,7 +93,7 @@ impl LogStore {
             if end_exclusive.is_some_and(|end| idx >= end) {
                 break;
             }
-            out.push(serde_json::from_slice(&v)?);
+            out.push(codec::decode_entry(&v)?);
         }
         Ok(out)
     }
@@ -178,8 +178,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
         for e in entries {
-            let v = serde_json::to_vec(&e).map_err(|err| StoreError::from(err).write())?;
-            batch.put_cf(logs, idx_key(e.log_id.index), v);
+            batch.put_cf(logs, idx_key(e.log_id.index), codec::encode_entry(&e));
         }
         let res = self.db.write_opt(batch, &synced());
         match res {

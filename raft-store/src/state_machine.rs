@@ -1,7 +1,6 @@
 //! The replicated state machine in RocksDB (openraft `RaftStateMachine`),
 //! and snapshots of it.
 
-use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -11,11 +10,12 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StoredMembership,
 };
-use raftmesh_proto::{ApplyResult, Cmd, KvEntry, NodeId, NodeInfo, TypeConfig};
+use raftmesh_proto::{ApplyResult, NodeId, NodeInfo, TypeConfig};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::Deserialize;
 
-use crate::{cf, kv, StoreError, CF_SM, CF_SM_META};
+use crate::apply::{self, Txn};
+use crate::{cf, StoreError, CF_SM, CF_SM_META};
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -134,83 +134,6 @@ impl StateMachine {
 
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         read_meta(&self.db, key)
-    }
-
-    fn kv_lookup(
-        &self,
-        overlay: &HashMap<String, Option<KvEntry>>,
-        key: &str,
-    ) -> Result<Option<KvEntry>, StoreError> {
-        if let Some(pending) = overlay.get(key) {
-            return Ok(pending.clone());
-        }
-        let raw = self.db.get_cf(cf(&self.db, CF_SM), kv::data_key(key))?;
-        raw.map(|v| kv::decode(&v)).transpose()
-    }
-
-    /// Applies one command at `index`. Deterministic: it reads only the
-    /// entry and the state (pending writes of this batch first).
-    fn apply_cmd(
-        &self,
-        index: u64,
-        cmd: &Cmd,
-        batch: &mut WriteBatch,
-        overlay: &mut HashMap<String, Option<KvEntry>>,
-    ) -> Result<ApplyResult, StoreError> {
-        let data = cf(&self.db, CF_SM);
-        let set = |key: &str,
-                   value: &str,
-                   batch: &mut WriteBatch,
-                   overlay: &mut HashMap<String, Option<KvEntry>>| {
-            batch.put_cf(data, kv::data_key(key), kv::encode(index, value));
-            overlay.insert(
-                key.to_string(),
-                Some(KvEntry {
-                    revision: index,
-                    value: value.to_string(),
-                }),
-            );
-        };
-        Ok(match cmd {
-            Cmd::KvPut {
-                key,
-                value,
-                if_revision,
-            } => {
-                if let Some(want) = if_revision {
-                    let current = self.kv_lookup(overlay, key)?.map_or(0, |e| e.revision);
-                    if current != *want {
-                        return Ok(ApplyResult::RevisionMismatch { current });
-                    }
-                }
-                set(key, value, batch, overlay);
-                ApplyResult::Written { revision: index }
-            }
-            Cmd::KvDelete { key } => {
-                batch.delete_cf(data, kv::data_key(key));
-                overlay.insert(key.clone(), None);
-                ApplyResult::Deleted
-            }
-            Cmd::KvCas {
-                key,
-                expected,
-                desired,
-            } => {
-                let current = self.kv_lookup(overlay, key)?;
-                let (result, ok) = kv::decide_cas(index, current.as_ref(), expected, desired);
-                if ok {
-                    set(key, desired, batch, overlay);
-                }
-                result
-            }
-            Cmd::Batch { cmds } => {
-                let mut results = Vec::with_capacity(cmds.len());
-                for c in cmds {
-                    results.push(self.apply_cmd(index, c, batch, overlay)?);
-                }
-                ApplyResult::Batch { results }
-            }
-        })
     }
 }
 
@@ -396,8 +319,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        let mut overlay = HashMap::new();
+        let mut txn = Txn::new(&self.db);
         let mut results = Vec::new();
         let mut last: Option<LogId<NodeId>> = None;
         let mut membership: Option<Membership> = None;
@@ -405,9 +327,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = entry.log_id.index;
             let r = match &entry.payload {
                 EntryPayload::Blank => ApplyResult::None,
-                EntryPayload::Normal(e) => self
-                    .apply_cmd(index, &e.cmd, &mut batch, &mut overlay)
-                    .map_err(|err| err.write())?,
+                EntryPayload::Normal(e) => {
+                    // Time never goes backwards across leaders whose clocks
+                    // differ; it is state, so snapshots carry it.
+                    let time = apply::time_of(&txn, e.time_ms).map_err(|err| err.write())?;
+                    apply::set_time(&mut txn, time);
+                    apply::apply(&mut txn, index, time, &e.cmd).map_err(|err| err.write())?
+                }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     ApplyResult::None
@@ -419,6 +345,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = last else {
             return Ok(results);
         };
+        let mut batch = WriteBatch::default();
+        txn.write_into(&mut batch);
         let m = cf(&self.db, CF_SM_META);
         let enc = |e: serde_json::Error| StoreError::from(e).write();
         batch.put_cf(m, KEY_LAST_APPLIED, serde_json::to_vec(&last).map_err(enc)?);
@@ -531,6 +459,7 @@ mod tests {
 
     use super::*;
     use crate::open;
+    use raftmesh_proto::{Cmd, KvCmd};
 
     fn puts(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
         range
@@ -538,11 +467,11 @@ mod tests {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
                 payload: EntryPayload::Normal(LogEntry {
                     time_ms: 0,
-                    cmd: Cmd::KvPut {
+                    cmd: Cmd::Kv(KvCmd::Put {
                         key: format!("k{i:03}"),
                         value: i.to_string(),
                         if_revision: None,
-                    },
+                    }),
                 }),
             })
             .collect()

@@ -2,7 +2,7 @@
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine, StorageHelper};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
-use raftmesh_proto::{ApplyResult, Cmd, LogEntry, TypeConfig};
+use raftmesh_proto::{ApplyResult, Cmd, KvCmd, KvResult, LogEntry, TypeConfig};
 use raftmesh_raft_store::{open, StoreError};
 use tempfile::TempDir;
 
@@ -14,11 +14,23 @@ fn entry(index: u64, cmd: Cmd) -> Entry<TypeConfig> {
 }
 
 fn put(key: &str, value: &str, if_revision: Option<u64>) -> Cmd {
-    Cmd::KvPut {
+    Cmd::Kv(KvCmd::Put {
         key: key.into(),
         value: value.into(),
         if_revision,
-    }
+    })
+}
+
+fn cas(key: &str, expected: &str, desired: &str) -> Cmd {
+    Cmd::Kv(KvCmd::Cas {
+        key: key.into(),
+        expected: expected.into(),
+        desired: desired.into(),
+    })
+}
+
+fn delete(key: &str) -> Cmd {
+    Cmd::Kv(KvCmd::Delete { key: key.into() })
 }
 
 #[tokio::test]
@@ -32,58 +44,48 @@ async fn apply_rules_within_one_batch_and_across_restart() {
                 // Same batch: must see the pending write of index 1.
                 entry(2, put("a", "2", Some(0))),
                 entry(3, put("a", "3", Some(1))),
-                entry(
-                    4,
-                    Cmd::KvCas {
-                        key: "a".into(),
-                        expected: "3".into(),
-                        desired: "{\"n\":4}".into(),
-                    },
-                ),
-                entry(
-                    5,
-                    Cmd::KvCas {
-                        key: "a".into(),
-                        expected: "3".into(),
-                        desired: "5".into(),
-                    },
-                ),
+                entry(4, cas("a", "3", "{\"n\":4}")),
+                entry(5, cas("a", "3", "5")),
                 entry(6, put("b", "true", None)),
-                entry(7, Cmd::KvDelete { key: "b".into() }),
-                entry(
-                    8,
-                    Cmd::KvDelete {
-                        key: "never".into(),
-                    },
-                ),
+                entry(7, delete("b")),
+                entry(8, delete("never")),
             ])
             .await
             .unwrap();
-        assert_eq!(results[0], ApplyResult::Written { revision: 1 });
-        assert_eq!(results[1], ApplyResult::RevisionMismatch { current: 1 });
-        assert_eq!(results[2], ApplyResult::Written { revision: 3 });
+        assert_eq!(
+            results[0],
+            ApplyResult::Kv(KvResult::Written { revision: 1 })
+        );
+        assert_eq!(
+            results[1],
+            ApplyResult::Kv(KvResult::RevisionMismatch { current: 1 })
+        );
+        assert_eq!(
+            results[2],
+            ApplyResult::Kv(KvResult::Written { revision: 3 })
+        );
         assert!(matches!(
             results[3],
-            ApplyResult::Cas {
+            ApplyResult::Kv(KvResult::Cas {
                 ok: true,
                 revision: 4,
                 ..
-            }
+            })
         ));
         match &results[4] {
-            ApplyResult::Cas {
+            ApplyResult::Kv(KvResult::Cas {
                 ok: false,
                 revision: 4,
                 value,
                 diff,
-            } => {
+            }) => {
                 assert_eq!(value, "{\"n\":4}");
                 assert!(diff.starts_with('['), "diff is a JSON patch: {diff}");
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(results[6], ApplyResult::Deleted);
-        assert_eq!(results[7], ApplyResult::Deleted);
+        assert_eq!(results[6], ApplyResult::Kv(KvResult::Deleted));
+        assert_eq!(results[7], ApplyResult::Kv(KvResult::Deleted));
         let a = reader.kv_get("a").unwrap().unwrap();
         assert_eq!((a.revision, a.value.as_str()), (4, "{\"n\":4}"));
         assert!(reader.kv_get("b").unwrap().is_none());
@@ -144,34 +146,37 @@ async fn a_batch_applies_in_order_at_one_revision() {
     let results = sm
         .apply(vec![entry(
             2,
-            Cmd::Batch {
-                cmds: vec![
-                    put("a", "1", Some(1)),
-                    put("b", "2", Some(0)),
-                    put("c", "3", Some(7)),
-                    Cmd::KvCas {
-                        key: "d".into(),
-                        expected: "null".into(),
-                        desired: "4".into(),
-                    },
-                ],
-            },
+            Cmd::Pack(vec![
+                put("a", "1", Some(1)),
+                put("b", "2", Some(0)),
+                put("c", "3", Some(7)),
+                cas("d", "null", "4"),
+            ]),
         )])
         .await
         .unwrap();
-    let ApplyResult::Batch { results } = &results[0] else {
+    let ApplyResult::Pack(results) = &results[0] else {
         panic!("batch result expected: {results:?}")
     };
-    assert_eq!(results[0], ApplyResult::Written { revision: 2 });
-    assert_eq!(results[1], ApplyResult::Written { revision: 2 });
-    assert_eq!(results[2], ApplyResult::RevisionMismatch { current: 0 });
+    assert_eq!(
+        results[0],
+        ApplyResult::Kv(KvResult::Written { revision: 2 })
+    );
+    assert_eq!(
+        results[1],
+        ApplyResult::Kv(KvResult::Written { revision: 2 })
+    );
+    assert_eq!(
+        results[2],
+        ApplyResult::Kv(KvResult::RevisionMismatch { current: 0 })
+    );
     assert!(matches!(
         results[3],
-        ApplyResult::Cas {
+        ApplyResult::Kv(KvResult::Cas {
             ok: true,
             revision: 2,
             ..
-        }
+        })
     ));
     assert_eq!(reader.kv_get("a").unwrap().unwrap().value, "1");
     assert!(reader.kv_get("c").unwrap().is_none());
@@ -295,4 +300,48 @@ async fn open_refuses_a_state_machine_behind_the_purge_point() {
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("opened a state machine behind the purge point"),
     }
+}
+
+/// An all-or-nothing group keeps none of its writes when one of its
+/// commands is refused by the state, and all of them otherwise; it reads
+/// its own pending writes.
+#[tokio::test]
+async fn an_atomic_group_is_all_or_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm, reader) = open(dir.path()).unwrap();
+    let results = sm
+        .apply(vec![
+            entry(
+                1,
+                Cmd::Atomic(vec![
+                    put("a", "1", None),
+                    // Sees the group's own pending write of "a".
+                    cas("a", "1", "2"),
+                    put("b", "1", Some(9)),
+                ]),
+            ),
+            entry(
+                2,
+                Cmd::Atomic(vec![put("a", "1", Some(0)), put("b", "2", None)]),
+            ),
+        ])
+        .await
+        .unwrap();
+    match &results[0] {
+        ApplyResult::Atomic { kept, results } => {
+            assert!(!kept);
+            assert!(matches!(
+                results[1],
+                ApplyResult::Kv(KvResult::Cas { ok: true, .. })
+            ));
+            assert_eq!(
+                results[2],
+                ApplyResult::Kv(KvResult::RevisionMismatch { current: 0 })
+            );
+        }
+        other => panic!("atomic result expected: {other:?}"),
+    }
+    assert!(matches!(results[1], ApplyResult::Atomic { kept: true, .. }));
+    assert_eq!(reader.kv_get("a").unwrap().unwrap().revision, 2);
+    assert_eq!(reader.kv_get("b").unwrap().unwrap().value, "2");
 }

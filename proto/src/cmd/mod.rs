@@ -1,0 +1,117 @@
+//! Replicated commands by domain, and what applying them produced.
+//!
+//! Every write of every API is a [`Cmd`]; one log entry carries one `Cmd`
+//! (or a group of them). Each domain (KV now; machines, rooms, streams
+//! later) has its own command and result enums in its own module, so a new
+//! API adds a variant here, not fields to a shared shape.
+
+pub mod kv;
+
+use serde::{Deserialize, Serialize};
+
+pub use kv::{KvCmd, KvEntry, KvResult};
+
+/// One replicated write.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Cmd {
+    Kv(KvCmd),
+    /// Independent writes the leader packed into one entry so a burst costs
+    /// one append, one fsync, one replication round and one apply. Each is
+    /// applied, in order, on its own: one refused leaves the others.
+    Pack(Vec<Cmd>),
+    /// All or nothing: applied in order, and if one is refused by the state
+    /// none of the group's effects are kept.
+    Atomic(Vec<Cmd>),
+}
+
+/// What a command contends on, for packing commands into entries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConflictKey {
+    /// At most one write per key per entry: the key's version is the
+    /// entry's index (a KV key's revision), so two writes in one entry
+    /// would share it.
+    Exclusive(Domain, String),
+    /// Many writes per entry, applied in order: the key's sequence is
+    /// assigned in apply (a room's seq), so packing keeps order only.
+    Ordered(Domain, String),
+}
+
+/// The domain a key belongs to (keys of two domains never conflict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Domain {
+    Kv,
+}
+
+impl Cmd {
+    /// Every key this command writes, with how it may share an entry.
+    pub fn conflict_keys(&self) -> Vec<ConflictKey> {
+        let mut out = Vec::new();
+        self.collect_keys(&mut out);
+        out
+    }
+
+    fn collect_keys(&self, out: &mut Vec<ConflictKey>) {
+        match self {
+            Cmd::Kv(c) => out.push(ConflictKey::Exclusive(Domain::Kv, c.key().to_string())),
+            Cmd::Pack(cmds) | Cmd::Atomic(cmds) => {
+                for c in cmds {
+                    c.collect_keys(out);
+                }
+            }
+        }
+    }
+}
+
+/// What applying one entry produced; returned to the client that proposed it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub enum ApplyResult {
+    /// Blank and membership entries.
+    #[default]
+    None,
+    Kv(KvResult),
+    /// One result per command of a [`Cmd::Pack`], in order.
+    Pack(Vec<ApplyResult>),
+    /// A [`Cmd::Atomic`]: `kept` says whether its effects were kept; the
+    /// results show what each command did (or, when not kept, would have
+    /// done up to the one that was refused).
+    Atomic {
+        kept: bool,
+        results: Vec<ApplyResult>,
+    },
+}
+
+impl ApplyResult {
+    /// The command was refused by the state (see [`KvResult::refused`]).
+    pub fn refused(&self) -> bool {
+        match self {
+            ApplyResult::None => false,
+            ApplyResult::Kv(r) => r.refused(),
+            ApplyResult::Pack(_) => false,
+            ApplyResult::Atomic { kept, .. } => !kept,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_keys_of_groups_are_their_members_keys() {
+        let put = |k: &str| {
+            Cmd::Kv(KvCmd::Put {
+                key: k.into(),
+                value: "1".into(),
+                if_revision: None,
+            })
+        };
+        let c = Cmd::Atomic(vec![put("a"), Cmd::Pack(vec![put("b")])]);
+        assert_eq!(
+            c.conflict_keys(),
+            [
+                ConflictKey::Exclusive(Domain::Kv, "a".into()),
+                ConflictKey::Exclusive(Domain::Kv, "b".into())
+            ]
+        );
+    }
+}
