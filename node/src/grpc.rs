@@ -6,9 +6,12 @@ use std::sync::Arc;
 use openraft::{Snapshot, SnapshotMeta, Vote};
 use raftmesh_proto::pb::raft_service_server::RaftService;
 use raftmesh_proto::pb::{
-    ForwardReply, ForwardRequest, RaftPayload, SnapshotChunk, StatusReply, StatusRequest,
+    AppendRequest, ForwardReply, ForwardRequest, RaftPayload, SnapshotChunk, StatusReply,
+    StatusRequest,
 };
-use raftmesh_proto::{ClusterError, ForwardOp, NodeId, NodeInfo, CLUSTER_ID_HEADER};
+use raftmesh_proto::{
+    ClusterError, ForwardOp, ForwardReplyBody, NodeId, NodeInfo, CLUSTER_ID_HEADER,
+};
 use serde::Serialize;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -81,8 +84,18 @@ impl RaftService for Service {
     ) -> Result<Response<RaftPayload>, Status> {
         self.admit(req.metadata())?;
         self.node.note_append_received();
-        let rpc = serde_json::from_slice(&req.into_inner().data)
+        // JSON with 0.1's command shapes: a 0.1 leader replicating to this
+        // (upgraded) follower.
+        let rpc = raftmesh_proto::legacy::decode_append(&req.into_inner().data)
             .map_err(|e| bad_request("append-entries request", e))?;
+        payload(self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn append(&self, req: Request<AppendRequest>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(req.metadata())?;
+        self.node.note_append_received();
+        let rpc = raftmesh_proto::codec::decode_append(req.into_inner())
+            .map_err(|e| bad_request("append request", e))?;
         payload(self.node.raft.append_entries(rpc).await)
     }
 
@@ -130,7 +143,14 @@ impl RaftService for Service {
         let req = req.into_inner();
         // An op this node cannot decode (another version's, or garbage) was
         // not acted on: say so as data, so the sender knows a retry is safe.
-        let result: Result<_, ClusterError> = match serde_json::from_slice::<ForwardOp>(&req.op) {
+        let op = if req.cmd.is_empty() {
+            serde_json::from_slice::<ForwardOp>(&req.op).map_err(|e| e.to_string())
+        } else {
+            raftmesh_proto::codec::decode_cmd(&req.cmd)
+                .map(|cmd| ForwardOp::Write { cmd })
+                .map_err(|e| e.to_string())
+        };
+        let result: Result<_, ClusterError> = match op {
             Ok(op) => self.node.route(op, req.hops).await,
             Err(e) => Err(ClusterError::NoLeader {
                 message: format!(
@@ -140,8 +160,19 @@ impl RaftService for Service {
                 leader: None,
             }),
         };
+        // A write's success goes back in the binary codec (its values as
+        // bytes); everything else, small, as JSON.
+        if let Ok(ForwardReplyBody::Written { index, result }) = &result {
+            return Ok(Response::new(ForwardReply {
+                result: Vec::new(),
+                written: raftmesh_proto::codec::encode_written(*index, result),
+            }));
+        }
         let bytes = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(ForwardReply { result: bytes }))
+        Ok(Response::new(ForwardReply {
+            result: bytes,
+            written: Vec::new(),
+        }))
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {

@@ -173,6 +173,7 @@ impl PeerNetwork {
         }
     }
 
+    /// One unary call with a JSON-encoded openraft request.
     async fn unary<Req, Resp, F, Fut>(
         &self,
         req: &Req,
@@ -185,14 +186,26 @@ impl PeerNetwork {
         F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
+        let msg = RaftPayload {
+            data: encode(req),
+            error: Vec::new(),
+        };
+        self.call(msg, ttl, call).await
+    }
+
+    /// One unary call with request message `msg`, whose reply is a
+    /// [`RaftPayload`]: openraft's answer, or its error, as JSON.
+    async fn call<M, Resp, F, Fut>(&self, msg: M, ttl: Duration, call: F) -> Result<Resp, RpcErr>
+    where
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
         let client = self
             .channels
             .client(&self.addr)
             .map_err(|s| self.map_status(s))?;
-        let mut request = tonic::Request::new(RaftPayload {
-            data: encode(req),
-            error: Vec::new(),
-        });
+        let mut request = tonic::Request::new(msg);
         request.set_timeout(ttl);
         stamp(&mut request, &self.identity);
         let reply = call(client, request)
@@ -214,9 +227,11 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        // Entries in the binary log codec: values as bytes, not JSON in JSON.
+        let msg = raftmesh_proto::codec::encode_append(&rpc);
         let resp = self
-            .unary(&rpc, option.hard_ttl(), |mut c, r| async move {
-                c.append_entries(r).await
+            .call(msg, option.hard_ttl(), |mut c, r| async move {
+                c.append(r).await
             })
             .await?;
         if matches!(

@@ -476,10 +476,18 @@ impl Node {
             )));
         };
         let hint = self.hint(leader);
-        let bytes = serde_json::to_vec(op).map_err(|e| ClusterError::internal(e.to_string()))?;
+        // A write travels in the binary codec; other ops are small JSON.
+        let (op_bytes, cmd) = match op {
+            ForwardOp::Write { cmd } => (Vec::new(), raftmesh_proto::codec::encode_cmd(cmd)),
+            other => (
+                serde_json::to_vec(other).map_err(|e| ClusterError::internal(e.to_string()))?,
+                Vec::new(),
+            ),
+        };
         let mut req = tonic::Request::new(ForwardRequest {
-            op: bytes,
+            op: op_bytes,
             hops: hops + 1,
+            cmd,
         });
         let ttl = match op {
             ForwardOp::AddLearner { .. }
@@ -495,14 +503,23 @@ impl Node {
             Err(s) => Err(s),
         };
         match reply {
-            Ok(reply) => serde_json::from_slice(&reply.into_inner().result).map_err(|e| {
-                let msg = format!("leader {hint} answered undecodably: {e}");
-                if read_only {
-                    ClusterError::not_ready(msg)
-                } else {
-                    ClusterError::unknown(msg)
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                let undecodable = |e: String| {
+                    let msg = format!("leader {hint} answered undecodably: {e}");
+                    if read_only {
+                        ClusterError::not_ready(msg)
+                    } else {
+                        ClusterError::unknown(msg)
+                    }
+                };
+                if !reply.written.is_empty() {
+                    let (index, result) = raftmesh_proto::codec::decode_written(&reply.written)
+                        .map_err(|e| undecodable(e.to_string()))?;
+                    return Ok(ForwardReplyBody::Written { index, result });
                 }
-            })?,
+                serde_json::from_slice(&reply.result).map_err(|e| undecodable(e.to_string()))?
+            }
             Err(s) if read_only => Err(classify::read_index_failure(&s, hint)),
             Err(s) => Err(classify::forward_failure(&s, hint)),
         }

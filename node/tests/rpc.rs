@@ -18,6 +18,7 @@ async fn an_undecodable_forward_is_answered_as_not_applied() {
         .forward(ForwardRequest {
             op: b"{\"kind\":\"write\",\"cmd\":{\"op\":\"from_the_future\"}}".to_vec(),
             hops: 1,
+            cmd: Vec::new(),
         })
         .await
         .expect("the call itself succeeds")
@@ -27,6 +28,20 @@ async fn an_undecodable_forward_is_answered_as_not_applied() {
     let err = result.unwrap_err();
     assert!(err.is_retryable() && !err.outcome_unknown(), "{err:?}");
     assert!(err.to_string().contains("could not decode"), "{err}");
+
+    // The same for a command in the binary codec that no release wrote.
+    let reply = client
+        .forward(ForwardRequest {
+            op: Vec::new(),
+            hops: 1,
+            cmd: vec![0x0a, 0x02, 0x7a, 0x00],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let result: Result<serde_json::Value, ClusterError> =
+        serde_json::from_slice(&reply.result).unwrap();
+    assert!(result.unwrap_err().is_retryable());
 }
 
 /// A Raft RPC from another cluster is refused and names both clusters.

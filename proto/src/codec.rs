@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 use prost::Message;
 
-use crate::cmd::{Cmd, KvCmd};
+use crate::cmd::{ApplyResult, Cmd, KvCmd, KvResult};
 use crate::{LogEntry, NodeId, NodeInfo, TypeConfig};
 
 /// Generated prost messages for `proto/log.proto`.
@@ -80,6 +80,138 @@ pub fn cmd_len(c: &Cmd) -> usize {
 
 pub fn decode_cmd(bytes: &[u8]) -> Result<Cmd, CodecError> {
     cmd_from_pb(pb::Command::decode(bytes)?)
+}
+
+/// The small part of an AppendEntries request, as JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AppendHeader {
+    vote: openraft::Vote<NodeId>,
+    prev_log_id: Option<LogId<NodeId>>,
+    leader_commit: Option<LogId<NodeId>>,
+}
+
+/// An AppendEntries request with its entries in this codec.
+pub fn encode_append(
+    req: &openraft::raft::AppendEntriesRequest<TypeConfig>,
+) -> crate::pb::AppendRequest {
+    let header = AppendHeader {
+        vote: req.vote,
+        prev_log_id: req.prev_log_id,
+        leader_commit: req.leader_commit,
+    };
+    crate::pb::AppendRequest {
+        header: serde_json::to_vec(&header).expect("openraft ids serialize"),
+        entries: req.entries.iter().map(encode_entry).collect(),
+    }
+}
+
+pub fn decode_append(
+    req: crate::pb::AppendRequest,
+) -> Result<openraft::raft::AppendEntriesRequest<TypeConfig>, CodecError> {
+    let h: AppendHeader = serde_json::from_slice(&req.header)?;
+    Ok(openraft::raft::AppendEntriesRequest {
+        vote: h.vote,
+        prev_log_id: h.prev_log_id,
+        leader_commit: h.leader_commit,
+        entries: req
+            .entries
+            .iter()
+            .map(|e| decode_entry(e))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Encodes a forwarded write's outcome.
+pub fn encode_written(index: u64, result: &ApplyResult) -> Vec<u8> {
+    pb::Written {
+        index,
+        result: Some(result_to_pb(result)),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_written(bytes: &[u8]) -> Result<(u64, ApplyResult), CodecError> {
+    let w = pb::Written::decode(bytes)?;
+    let r = w.result.ok_or(CodecError::Malformed("no result"))?;
+    Ok((w.index, result_from_pb(r)?))
+}
+
+fn result_to_pb(r: &ApplyResult) -> pb::ApplyResult {
+    use pb::apply_result::Result as R;
+    use pb::kv_result::Result as K;
+    let all = |rs: &[ApplyResult]| rs.iter().map(result_to_pb).collect();
+    let result = match r {
+        ApplyResult::None => R::None(pb::Blank {}),
+        ApplyResult::Kv(k) => R::Kv(pb::KvResult {
+            result: Some(match k {
+                KvResult::Written { revision } => K::Written(pb::KvWritten {
+                    revision: *revision,
+                }),
+                KvResult::RevisionMismatch { current } => {
+                    K::Mismatch(pb::KvMismatch { current: *current })
+                }
+                KvResult::Deleted => K::Deleted(pb::Blank {}),
+                KvResult::Cas {
+                    ok,
+                    revision,
+                    value,
+                    diff,
+                } => K::Cas(pb::KvCasResult {
+                    ok: *ok,
+                    revision: *revision,
+                    value: value.as_bytes().to_vec(),
+                    diff: diff.as_bytes().to_vec(),
+                }),
+            }),
+        }),
+        ApplyResult::Pack(rs) => R::Pack(pb::Results { results: all(rs) }),
+        ApplyResult::Atomic { kept, results } => R::Atomic(pb::AtomicResult {
+            kept: *kept,
+            results: all(results),
+        }),
+    };
+    pb::ApplyResult {
+        result: Some(result),
+    }
+}
+
+fn result_from_pb(r: pb::ApplyResult) -> Result<ApplyResult, CodecError> {
+    use pb::apply_result::Result as R;
+    use pb::kv_result::Result as K;
+    let all = |rs: Vec<pb::ApplyResult>| -> Result<Vec<ApplyResult>, CodecError> {
+        rs.into_iter().map(result_from_pb).collect()
+    };
+    Ok(
+        match r
+            .result
+            .ok_or(CodecError::Malformed("a result of an unknown kind"))?
+        {
+            R::None(_) => ApplyResult::None,
+            R::Kv(k) => ApplyResult::Kv(
+                match k
+                    .result
+                    .ok_or(CodecError::Malformed("a KV result of an unknown kind"))?
+                {
+                    K::Written(w) => KvResult::Written {
+                        revision: w.revision,
+                    },
+                    K::Mismatch(m) => KvResult::RevisionMismatch { current: m.current },
+                    K::Deleted(_) => KvResult::Deleted,
+                    K::Cas(c) => KvResult::Cas {
+                        ok: c.ok,
+                        revision: c.revision,
+                        value: text(c.value)?,
+                        diff: text(c.diff)?,
+                    },
+                },
+            ),
+            R::Pack(p) => ApplyResult::Pack(all(p.results)?),
+            R::Atomic(a) => ApplyResult::Atomic {
+                kept: a.kept,
+                results: all(a.results)?,
+            },
+        },
+    )
 }
 
 fn log_id_to_pb(l: &LogId<NodeId>) -> pb::LogId {
@@ -304,6 +436,28 @@ mod tests {
             assert_eq!(back.log_id, e.log_id);
             assert_eq!(format!("{:?}", back.payload), format!("{:?}", e.payload));
         }
+    }
+
+    #[test]
+    fn results_roundtrip() {
+        let r = ApplyResult::Pack(vec![
+            ApplyResult::Kv(KvResult::Written { revision: 4 }),
+            ApplyResult::Atomic {
+                kept: false,
+                results: vec![
+                    ApplyResult::Kv(KvResult::Deleted),
+                    ApplyResult::Kv(KvResult::RevisionMismatch { current: 2 }),
+                ],
+            },
+            ApplyResult::Kv(KvResult::Cas {
+                ok: false,
+                revision: 3,
+                value: r#"{"a":"\""}"#.into(),
+                diff: r#"[{"op":"replace","path":"/a","value":"\""}]"#.into(),
+            }),
+            ApplyResult::None,
+        ]);
+        assert_eq!(decode_written(&encode_written(9, &r)).unwrap(), (9, r));
     }
 
     #[test]

@@ -88,7 +88,11 @@ impl From<V01Cmd> for Cmd {
 
 /// Decodes one 0.1 entry (JSON) into today's entry.
 pub fn decode_entry(json: &[u8]) -> Result<openraft::Entry<TypeConfig>, serde_json::Error> {
-    let e: openraft::Entry<V01Types> = serde_json::from_slice(json)?;
+    Ok(convert_entry(serde_json::from_slice(json)?))
+}
+
+/// A 0.1 entry as today's (a 0.1 leader's AppendEntries carries these).
+pub fn convert_entry(e: openraft::Entry<V01Types>) -> openraft::Entry<TypeConfig> {
     let payload = match e.payload {
         openraft::EntryPayload::Blank => openraft::EntryPayload::Blank,
         openraft::EntryPayload::Normal(n) => openraft::EntryPayload::Normal(LogEntry {
@@ -97,9 +101,22 @@ pub fn decode_entry(json: &[u8]) -> Result<openraft::Entry<TypeConfig>, serde_js
         }),
         openraft::EntryPayload::Membership(m) => openraft::EntryPayload::Membership(m),
     };
-    Ok(openraft::Entry {
+    openraft::Entry {
         log_id: e.log_id,
         payload,
+    }
+}
+
+/// A 0.1 leader's AppendEntries request (JSON) as today's.
+pub fn decode_append(
+    json: &[u8],
+) -> Result<openraft::raft::AppendEntriesRequest<TypeConfig>, serde_json::Error> {
+    let r: openraft::raft::AppendEntriesRequest<V01Types> = serde_json::from_slice(json)?;
+    Ok(openraft::raft::AppendEntriesRequest {
+        vote: r.vote,
+        prev_log_id: r.prev_log_id,
+        leader_commit: r.leader_commit,
+        entries: r.entries.into_iter().map(convert_entry).collect(),
     })
 }
 
@@ -166,5 +183,28 @@ mod tests {
             decode_entry(blank).unwrap().payload,
             openraft::EntryPayload::Blank
         ));
+    }
+
+    /// A 0.1 leader's AppendEntries (openraft's request with 0.1 entries,
+    /// as JSON) becomes today's request.
+    #[test]
+    fn a_v01_append_request_decodes() {
+        let req: openraft::raft::AppendEntriesRequest<V01Types> =
+            openraft::raft::AppendEntriesRequest {
+                vote: openraft::Vote::new_committed(2, 1),
+                prev_log_id: None,
+                leader_commit: None,
+                entries: vec![serde_json::from_slice(
+                    br#"{"log_id":{"leader_id":{"term":2,"node_id":1},"index":4},"payload":{"Normal":{"time_ms":3,"cmd":{"op":"kv_delete","key":"z"}}}}"#,
+                )
+                .unwrap()],
+            };
+        let json = serde_json::to_vec(&req).unwrap();
+        let got = decode_append(&json).unwrap();
+        assert_eq!(got.vote, req.vote);
+        let openraft::EntryPayload::Normal(n) = &got.entries[0].payload else {
+            panic!("normal entry expected")
+        };
+        assert_eq!(n.cmd, Cmd::Kv(KvCmd::Delete { key: "z".into() }));
     }
 }
