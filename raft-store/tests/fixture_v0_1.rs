@@ -8,7 +8,7 @@ use std::process::Command;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine, StorageHelper};
 use openraft::{EntryPayload, RaftLogReader};
-use raftmesh_proto::{Cmd, KvEntry, NodeId};
+use raftmesh_proto::{Cmd, KvCmd, KvEntry, NodeId};
 use raftmesh_raft_store::{open, StoreReader};
 use serde::Deserialize;
 use tempfile::TempDir;
@@ -194,7 +194,9 @@ async fn each_v0_1_log_keeps_its_purge_point_vote_and_decodable_entries() {
         assert_eq!(indexes, want, "node {id}");
         let writes = kept
             .iter()
-            .filter(|e| matches!(&e.payload, EntryPayload::Normal(n) if n.cmd.key().is_some()))
+            .filter(
+                |e| matches!(&e.payload, EntryPayload::Normal(n) if matches!(n.cmd, Cmd::Kv(_))),
+            )
             .count();
         assert_eq!(
             writes,
@@ -204,7 +206,7 @@ async fn each_v0_1_log_keeps_its_purge_point_vote_and_decodable_entries() {
         assert!(
             kept.iter().any(|e| matches!(
                 &e.payload,
-                EntryPayload::Normal(n) if matches!(n.cmd, Cmd::KvCas { .. })
+                EntryPayload::Normal(n) if matches!(n.cmd, Cmd::Kv(KvCmd::Cas { .. }))
             )),
             "node {id}: the tail holds the CAS entries"
         );
