@@ -74,13 +74,21 @@ fn unpack(into: &Path) -> Expected {
     serde_json::from_slice(&text).expect("expected.json parses")
 }
 
+/// Binds one of the fixture's fixed ports. They lie below Linux's ephemeral
+/// range, so only a process that chose the same port holds one; a short
+/// retry still covers the previous test run's sockets closing.
 async fn bind(addr: &str, what: &str) -> TcpListener {
-    TcpListener::bind(addr).await.unwrap_or_else(|e| {
-        panic!(
-            "cannot bind {what} address {addr} ({e}): this test needs the fixture's fixed ports \
-             127.0.0.1:39601-39603 and 39611-39613 free"
-        )
-    })
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() > deadline => panic!(
+                "cannot bind {what} address {addr} ({e}): this test needs the fixture's fixed \
+                 ports 127.0.0.1:29601-29603 and 29611-29613 free (see `ss -tanp | grep {addr}`)"
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// GET `path` on the node at `http_addr`; the status must be 200.
