@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::Raft;
-use raftmesh_proto::{ApplyResult, ClusterError, Cmd, ConflictKey, LogEntry, TypeConfig};
+use raftmesh_proto::{ApplyResult, ClusterError, Cmd, ConflictKey, Domain, LogEntry, TypeConfig};
 use tokio::sync::oneshot;
 
 use crate::classify;
@@ -57,13 +57,15 @@ struct State {
     in_flight: usize,
 }
 
-/// Takes from `queue` the longest prefix of writes that fit one entry:
-/// within [`MAX_BATCH`] writes and `max_entry_bytes` (a single write is
-/// always taken: `submit` bounded its size), and without two writes to one
+/// Takes from `queue`, in order, the writes that fit one entry: within
+/// [`MAX_BATCH`] writes and `max_entry_bytes` (a single write is always
+/// taken: `submit` bounded its size), and without two writes to one
 /// exclusive key, or an exclusive and an ordered write to one key (see
-/// [`ConflictKey`]). A prefix, so writes are proposed in arrival order and
-/// a client's writes are applied in the order it sent them. Returns the
-/// batch and the writes whose deadline passed.
+/// [`ConflictKey`]). A write that does not fit waits for a later entry, and
+/// so does every later write that shares a key with it: writes to one key
+/// are applied in arrival order, and a connection whose writes carry its
+/// own ordered key keeps its order too. Returns the batch and the writes
+/// whose deadline passed; the rest stay queued in order.
 fn pack(
     queue: &mut VecDeque<Pending>,
     now: Instant,
@@ -71,47 +73,48 @@ fn pack(
 ) -> (Vec<Pending>, Vec<Pending>) {
     let mut exclusive = HashSet::new();
     let mut ordered = HashSet::new();
+    // Keys of writes left for a later entry: nothing after them may pass.
+    let mut waiting: HashSet<(Domain, String)> = HashSet::new();
     let mut batch: Vec<Pending> = Vec::new();
     let mut expired = Vec::new();
+    let mut rest = VecDeque::with_capacity(queue.len());
     let mut bytes = 0;
-    while let Some(p) = queue.front() {
-        if p.deadline <= now {
-            expired.extend(queue.pop_front());
-            continue;
-        }
-        let keys = p.cmd.conflict_keys();
-        let clash = keys.iter().any(|k| match k {
-            ConflictKey::Exclusive(d, key) => {
-                let k = (*d, key.clone());
-                exclusive.contains(&k) || ordered.contains(&k)
-            }
-            ConflictKey::Ordered(d, key) => exclusive.contains(&(*d, key.clone())),
-        });
-        let fits = batch.len() < MAX_BATCH
-            && (batch.is_empty() || bytes + p.bytes <= max_entry_bytes)
-            && !clash;
-        if !fits {
-            break;
-        }
-        let p = queue.pop_front().expect("front exists");
-        for k in keys {
-            match k {
-                ConflictKey::Exclusive(d, key) => exclusive.insert((d, key)),
-                ConflictKey::Ordered(d, key) => ordered.insert((d, key)),
-            };
-        }
-        bytes += p.bytes;
-        batch.push(p);
-    }
-    // Expired writes behind the cut are answered now too.
-    let before = queue.len();
-    let mut rest = VecDeque::with_capacity(before);
+    let mut full = false;
     for p in queue.drain(..) {
         if p.deadline <= now {
             expired.push(p);
-        } else {
-            rest.push_back(p);
+            continue;
         }
+        let keys: Vec<(bool, (Domain, String))> = p
+            .cmd
+            .conflict_keys()
+            .into_iter()
+            .map(|k| match k {
+                ConflictKey::Exclusive(d, key) => (true, (d, key)),
+                ConflictKey::Ordered(d, key) => (false, (d, key)),
+            })
+            .collect();
+        full = full
+            || batch.len() >= MAX_BATCH
+            || (!batch.is_empty() && bytes + p.bytes > max_entry_bytes);
+        let blocked = full
+            || keys.iter().any(|(excl, k)| {
+                waiting.contains(k) || exclusive.contains(k) || (*excl && ordered.contains(k))
+            });
+        if blocked {
+            waiting.extend(keys.into_iter().map(|(_, k)| k));
+            rest.push_back(p);
+            continue;
+        }
+        for (excl, k) in keys {
+            if excl {
+                exclusive.insert(k);
+            } else {
+                ordered.insert(k);
+            }
+        }
+        bytes += p.bytes;
+        batch.push(p);
     }
     *queue = rest;
     (batch, expired)
@@ -295,25 +298,56 @@ mod tests {
             put("a", 10, later),
             put("b", 10, later),
             put("a", 10, later),
-            put("c", 400, later),
+            put("c", 10, later),
             put("d", 10, later),
         ]
         .into();
         let small = encoded_len(&q[0].cmd);
         let (batch, expired) = pack(&mut q, Instant::now(), 1 << 20);
         assert!(expired.is_empty());
-        // The second "a" waits for the next entry, and so does everything
-        // after it: writes are proposed in arrival order.
-        assert_eq!(keys(&batch), ["a", "b"]);
-        assert_eq!(keys(q.make_contiguous()), ["a", "c", "d"]);
-        // "c" would take the entry over the byte bound: the cut is before it.
+        // The second "a" waits for the next entry; writes to other keys
+        // behind it still go now.
+        assert_eq!(keys(&batch), ["a", "b", "c", "d"]);
+        assert_eq!(keys(q.make_contiguous()), ["a"]);
+        // At the byte bound the entry is closed: later writes wait, in order.
+        let mut q: VecDeque<Pending> = [
+            put("a", 10, later),
+            put("c", 400, later),
+            put("d", 10, later),
+        ]
+        .into();
         let (batch, _) = pack(&mut q, Instant::now(), 2 * small);
         assert_eq!(keys(&batch), ["a"]);
+        assert_eq!(keys(q.make_contiguous()), ["c", "d"]);
         // An entry over the bound on its own still goes alone.
         let (batch, _) = pack(&mut q, Instant::now(), 1);
         assert_eq!(keys(&batch), ["c"]);
         let (batch, _) = pack(&mut q, Instant::now(), 1 << 20);
         assert_eq!(keys(&batch), ["d"]);
+    }
+
+    /// A write waiting behind a conflict holds back every later write to
+    /// its key, so one key's writes apply in arrival order.
+    #[test]
+    fn a_waiting_write_holds_back_later_writes_to_its_key() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut q: VecDeque<Pending> = [
+            put("a", 1, later),
+            put("a", 2, later),
+            put("b", 1, later),
+            put("a", 3, later),
+        ]
+        .into();
+        let (batch, _) = pack(&mut q, Instant::now(), 1 << 20);
+        assert_eq!(keys(&batch), ["a", "b"]);
+        let values: Vec<usize> = q
+            .iter()
+            .map(|p| match &p.cmd {
+                Cmd::Kv(raftmesh_proto::KvCmd::Put { value, .. }) => value.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(values, [2, 3], "the two later writes to a keep their order");
     }
 
     #[test]
