@@ -14,6 +14,8 @@ use openraft::Raft;
 use raftmesh_proto::{ApplyResult, ClusterError, Cmd, ConflictKey, Domain, LogEntry, TypeConfig};
 use tokio::sync::oneshot;
 
+use raftmesh_proto::codec::cmd_len;
+
 use crate::classify;
 
 /// Largest number of client writes in one entry.
@@ -127,11 +129,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes of `cmd` as the log stores it.
-pub fn encoded_len(cmd: &Cmd) -> usize {
-    raftmesh_proto::codec::cmd_len(cmd)
-}
-
 impl WriteBatcher {
     pub fn new(raft: Raft<TypeConfig>, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
@@ -143,7 +140,7 @@ impl WriteBatcher {
 
     /// Proposes `cmd` (in some batch) and returns its entry index and result.
     pub async fn submit(self: &Arc<Self>, cmd: Cmd) -> Result<(u64, ApplyResult), ClusterError> {
-        let bytes = encoded_len(&cmd);
+        let bytes = cmd_len(&cmd);
         if bytes > self.limits.max_entry_bytes {
             return Err(ClusterError::TooLarge {
                 message: format!(
@@ -275,7 +272,7 @@ mod tests {
             if_revision: None,
         });
         Pending {
-            bytes: encoded_len(&cmd),
+            bytes: cmd_len(&cmd),
             cmd,
             deadline,
             reply: oneshot::channel().0,
@@ -302,7 +299,7 @@ mod tests {
             put("d", 10, later),
         ]
         .into();
-        let small = encoded_len(&q[0].cmd);
+        let small = cmd_len(&q[0].cmd);
         let (batch, expired) = pack(&mut q, Instant::now(), 1 << 20);
         assert!(expired.is_empty());
         // The second "a" waits for the next entry; writes to other keys

@@ -73,9 +73,37 @@ pub fn encode_cmd(c: &Cmd) -> Vec<u8> {
     cmd_to_pb(c).encode_to_vec()
 }
 
-/// Bytes of a command as entries store it (for the entry size bound).
+/// Bytes a command takes in an entry, at most (for the entry size bound),
+/// computed from the borrowed command: the leader checks every write, and
+/// building the message to measure it would copy each value once more.
+/// Counts every field as present, so it never undercounts.
 pub fn cmd_len(c: &Cmd) -> usize {
-    cmd_to_pb(c).encoded_len()
+    use prost::encoding::encoded_len_varint;
+    // One length-delimited field: 1-byte tag (all field numbers are < 16),
+    // the length, the bytes.
+    fn field(len: usize) -> usize {
+        1 + encoded_len_varint(len as u64) + len
+    }
+    match c {
+        Cmd::Kv(k) => field(match k {
+            KvCmd::Put {
+                key,
+                value,
+                if_revision,
+            } => field(
+                field(key.len())
+                    + field(value.len())
+                    + if_revision.map_or(0, |r| 1 + encoded_len_varint(r)),
+            ),
+            KvCmd::Delete { key } => field(field(key.len())),
+            KvCmd::Cas {
+                key,
+                expected,
+                desired,
+            } => field(field(key.len()) + field(expected.len()) + field(desired.len())),
+        }),
+        Cmd::Pack(cmds) | Cmd::Atomic(cmds) => field(cmds.iter().map(|c| field(cmd_len(c))).sum()),
+    }
 }
 
 pub fn decode_cmd(bytes: &[u8]) -> Result<Cmd, CodecError> {
@@ -458,6 +486,44 @@ mod tests {
             ApplyResult::None,
         ]);
         assert_eq!(decode_written(&encode_written(9, &r)).unwrap(), (9, r));
+    }
+
+    /// The size bound is computed without encoding; it must never be below
+    /// the real size, and not far above it.
+    #[test]
+    fn cmd_len_bounds_the_encoded_size() {
+        let put = |k: &str, v: &str, r: Option<u64>| {
+            Cmd::Kv(KvCmd::Put {
+                key: k.into(),
+                value: v.into(),
+                if_revision: r,
+            })
+        };
+        let big = "x".repeat(300);
+        let cases = [
+            put("a", "1", None),
+            put("", "", Some(0)),
+            put(&big, &big, Some(u64::MAX)),
+            Cmd::Kv(KvCmd::Delete { key: "k".into() }),
+            Cmd::Kv(KvCmd::Cas {
+                key: "k".into(),
+                expected: "null".into(),
+                desired: big.clone(),
+            }),
+            Cmd::Pack(vec![
+                put("a", "1", None),
+                Cmd::Atomic(vec![put("b", &big, None)]),
+            ]),
+            Cmd::Atomic(vec![]),
+        ];
+        for c in cases {
+            let real = encode_cmd(&c).len();
+            let bound = cmd_len(&c);
+            assert!(
+                bound >= real && bound <= real + 16,
+                "{c:?}: {bound} vs {real}"
+            );
+        }
     }
 
     #[test]
