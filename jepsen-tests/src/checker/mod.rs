@@ -23,6 +23,11 @@
 //!   with plain values are skipped.
 //! * Set workload ([`set::check_set`]): `add` (value: the element) and final
 //!   `read`s whose ok value is the array of all elements present.
+//! * Watch workload ([`watch::check_watch`]): `write`s and post-heal
+//!   `fence`s (value: a unique string; ok value `{"value", "revision"}`) and
+//!   `watch` sessions, one per stream (invoke value `{"from": R}`; ok value a
+//!   [`watch::SessionRecord`] of the lines received; a refused stream fails
+//!   with `{"from", "status", "oldest"}`).
 //! * Recovery ([`recovery::check_recovery`]) does not read the history but
 //!   [`recovery::RecoveryProbe`]s the harness records after healing (a
 //!   run's `recovery.jsonl`).
@@ -33,6 +38,7 @@ pub mod linearizable;
 pub mod monotonic;
 pub mod recovery;
 pub mod set;
+pub mod watch;
 
 mod pairs;
 

@@ -117,6 +117,53 @@ impl Hist {
         self.op(p, "read", Value::Null, t0, End::Ok(json!(elems), t1))
     }
 
+    /// A watch-workload write of `value` on the current key; `Some(rev)`:
+    /// acknowledged at that revision.
+    pub fn watch_write(
+        &mut self,
+        p: u64,
+        value: &str,
+        rev: Option<u64>,
+        t0: u64,
+        t1: u64,
+    ) -> &mut Self {
+        let end = match rev {
+            Some(r) => End::Ok(json!({"value": value, "revision": r}), t1),
+            None => End::Info(t1),
+        };
+        self.op(p, super::watch::F_WRITE, json!(value), t0, end)
+    }
+
+    /// One watch session of watcher `p` from `from`: the lines received,
+    /// and the revision of the server's final error line if it sent one.
+    pub fn watch(
+        &mut self,
+        p: u64,
+        from: u64,
+        lines: Vec<Value>,
+        end_revision: Option<u64>,
+        t0: u64,
+        t1: u64,
+    ) -> &mut Self {
+        let rec = super::watch::SessionRecord {
+            from,
+            lines,
+            end: end_revision.map(|r| json!({"error": "no leader", "revision": r})),
+            ..Default::default()
+        };
+        let done = End::Ok(serde_json::to_value(rec).expect("record"), t1);
+        self.op(p, super::watch::F_WATCH, json!({ "from": from }), t0, done)
+    }
+
+    /// A watch from `from` refused with 410: the journal starts at `oldest`.
+    pub fn watch_gone(&mut self, p: u64, from: u64, oldest: u64, t0: u64, t1: u64) -> &mut Self {
+        let inv = json!({ "from": from });
+        self.op(p, super::watch::F_WATCH, inv, t0, End::Fail(t1));
+        let done = self.ops.last_mut().expect("just pushed");
+        done.value = json!({"from": from, "status": 410, "oldest": oldest});
+        self
+    }
+
     /// All events, ordered by time (stable, so an invoke stays before its
     /// completion at equal times).
     pub fn build(&self) -> Vec<Op> {
