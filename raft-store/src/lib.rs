@@ -142,6 +142,18 @@ impl StoreReader {
         &self.feed
     }
 
+    /// Where `domain`'s journal stands, and the retention in force.
+    pub fn journal_info(
+        &self,
+        domain: raftmesh_proto::Domain,
+    ) -> Result<(apply::journal::JournalMeta, raftmesh_proto::Retention), StoreError> {
+        let txn = apply::Txn::new(&self.db);
+        Ok((
+            apply::journal::meta(&txn, domain)?,
+            apply::journal::retention(&txn, domain)?,
+        ))
+    }
+
     /// The pm3 KV record of `key`, if live.
     pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
         let raw = self.db.get_cf(cf(&self.db, CF_SM), kv::data_key(key))?;
