@@ -185,6 +185,13 @@ pids
 first="$PIDS"
 readme_pass "$TMP/pass1"
 check "README examples on a fresh cluster answer what the README shows"
+# The README's watch line: node 3 replays every change the examples made
+# through nodes 1 and 2 (curl ends it after its --max-time; exit 28).
+out="$(curl -sSN --noproxy '*' --max-time 2 "$(url 3 '/watch/kv?from=1')" 2>/dev/null)"
+grep -qx '{"revision":2,"key":"exampleKey","value":4}' <<<"$out" &&
+  grep -qx '{"revision":4,"key":"exampleKey","value":6}' <<<"$out" &&
+  grep -qx '{"revision":5,"key":"exampleKey","deleted":true}' <<<"$out"
+check "watch from 1 on node 3 streams the examples' writes in order"
 
 out="$(l3 up 2>&1)"
 rc=$?

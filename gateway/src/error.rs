@@ -25,6 +25,10 @@ pub enum GatewayError {
     /// the current revision so the client can retry without another read.
     #[error("{message}")]
     Conflict { message: String, revision: u64 },
+    /// Asked for history older than what is retained. 410; the body
+    /// carries the oldest index still retained (as etcd's "compacted").
+    #[error("{message}")]
+    Gone { message: String, oldest: u64 },
     /// A value or body over the configured limit. 413.
     #[error("{0}")]
     TooLarge(String),
@@ -43,6 +47,7 @@ impl IntoResponse for GatewayError {
     /// applied, so the client must read before retrying a non-idempotent op.
     fn into_response(self) -> Response {
         let mut leader = None;
+        let mut oldest = None;
         let (status, message, revision) = match self {
             GatewayError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, None),
             GatewayError::Forbidden => (StatusCode::FORBIDDEN, self.to_string(), None),
@@ -50,6 +55,10 @@ impl IntoResponse for GatewayError {
             GatewayError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, m, None),
             GatewayError::Conflict { message, revision } => {
                 (StatusCode::CONFLICT, message, Some(revision))
+            }
+            GatewayError::Gone { message, oldest: o } => {
+                oldest = Some(o);
+                (StatusCode::GONE, message, None)
             }
             GatewayError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, None),
             GatewayError::Internal(m) => (
@@ -69,6 +78,9 @@ impl IntoResponse for GatewayError {
         let mut body = serde_json::json!({ "error": message });
         if let Some(revision) = revision {
             body["revision"] = revision.into();
+        }
+        if let Some(o) = oldest {
+            body["oldest"] = o.into();
         }
         if let Some(l) = leader {
             // Where to go instead: the client may send the request there.

@@ -30,8 +30,8 @@ pub mod seam;
 
 pub use error::GatewayError;
 pub use seam::{
-    Backend, ClusterOps, ClusterStatus, KeyPage, KvRead, MemberStatus, MembershipOutcome, RaftView,
-    RemovedStatus, Replicate, WriteOutcome,
+    Backend, ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MemberStatus,
+    MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError, WriteOutcome,
 };
 
 /// Room for the JSON envelope around a value (`{"value": ..., "revision":
@@ -50,6 +50,9 @@ pub struct GatewayConfig {
     /// Most keys one `GET /kv` answers (and the largest `?limit=`); a
     /// longer listing is continued with `?after=`.
     pub max_list_keys: usize,
+    /// A watch on a node that has had no leader this long is ended, so its
+    /// client moves to a node that has one (the election timeout).
+    pub watch_leaderless: std::time::Duration,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +61,7 @@ impl Default for GatewayConfig {
             max_key_bytes: 1024,
             max_value_bytes: 1024 * 1024,
             max_list_keys: 10_000,
+            watch_leaderless: std::time::Duration::from_millis(3000),
         }
     }
 }
@@ -79,6 +83,9 @@ pub(crate) struct AppState<B> {
     pub(crate) backend: Arc<B>,
     pub(crate) cfg: Arc<GatewayConfig>,
     pub(crate) metrics: Arc<metrics::HttpMetrics>,
+    /// Turns true when the server begins to shut down: long-lived streams
+    /// (watches) end then, so draining does not wait on them forever.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 // Manual impl: a derive would require `B: Clone`.
@@ -88,6 +95,7 @@ impl<B> Clone for AppState<B> {
             backend: self.backend.clone(),
             cfg: self.cfg.clone(),
             metrics: self.metrics.clone(),
+            stopping: self.stopping.clone(),
         }
     }
 }
@@ -96,10 +104,22 @@ impl<B> Clone for AppState<B> {
 /// served without it (plain `into_make_service`) every non-public route
 /// answers 403, since the internal gate fails closed. Use [`run`].
 pub fn router<B: Backend>(backend: Arc<B>, cfg: GatewayConfig) -> Router {
+    // Never signalled (the sender is dropped, which streams read as "not
+    // stopping"): streams of this router end with their clients.
+    let (_, stopping) = tokio::sync::watch::channel(false);
+    router_stopping(backend, cfg, stopping)
+}
+
+fn router_stopping<B: Backend>(
+    backend: Arc<B>,
+    cfg: GatewayConfig,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Router {
     let state = AppState {
         backend,
         metrics: Arc::new(metrics::HttpMetrics::default()),
         cfg: Arc::new(cfg),
+        stopping,
     };
     // Layers added later wrap the earlier ones: the Raft headers are
     // outermost so every answer (403, 404, 413 included) carries them, and
@@ -107,6 +127,7 @@ pub fn router<B: Backend>(backend: Arc<B>, cfg: GatewayConfig) -> Router {
     Router::new()
         .merge(pm3::routes::<B>(&state.cfg))
         .merge(ops::routes::<B>())
+        .merge(ops::settings_routes::<B>())
         .fallback(layers::fallback)
         .method_not_allowed_fallback(layers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.body_limit()))
@@ -118,6 +139,13 @@ pub fn router<B: Backend>(backend: Arc<B>, cfg: GatewayConfig) -> Router {
         ))
         .layer(from_fn_with_state(state.clone(), layers::raft_headers::<B>))
         .with_state(state)
+}
+
+/// Resolves when the server begins to stop; never if nobody can stop it.
+pub(crate) async fn stopping(mut rx: tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains
@@ -132,11 +160,16 @@ pub async fn run<B: Backend>(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "gateway listening");
     }
-    let app = router(backend, cfg).layer(from_fn(conn::expose_peer));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let app = router_stopping(backend, cfg, stopping.clone()).layer(from_fn(conn::expose_peer));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
     axum::serve(
         conn::GatewayListener(listener),
         app.into_make_service_with_connect_info::<conn::Peer>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(self::stopping(stopping))
     .await
 }

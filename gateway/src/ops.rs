@@ -11,15 +11,87 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use raftmesh_proto::{ClusterError, NodeId, NodeInfo};
+use raftmesh_proto::{
+    ApplyResult, ClusterError, Cmd, Domain, NodeId, NodeInfo, Retention, SettingsCmd,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::GatewayError;
 use crate::json::{self, json_response};
 use crate::layers::with_index;
 use crate::pm3::body_error;
-use crate::seam::ClusterOps;
+use crate::seam::{ClusterOps, Replicate, Subscribe};
 use crate::AppState;
+
+/// Cluster-wide settings: replicated state, so written through the log.
+pub(crate) fn settings_routes<B: Replicate + Subscribe>() -> Router<AppState<B>> {
+    Router::new()
+        .route("/cluster/journal", get(journal::<B>))
+        .route(
+            "/cluster/settings/retention/{domain}",
+            axum::routing::put(set_retention::<B>),
+        )
+}
+
+fn journaled(name: &str) -> Result<Domain, GatewayError> {
+    Domain::from_name(name)
+        .filter(|d| Domain::JOURNALED.contains(d))
+        .ok_or_else(|| {
+            let known: Vec<&str> = Domain::JOURNALED.iter().map(|d| d.name()).collect();
+            GatewayError::NotFound(format!(
+                "no journal named {name:?}; journals: {}",
+                known.join(", ")
+            ))
+        })
+}
+
+/// `GET /cluster/journal`: every journal as this node holds it.
+async fn journal<B: Subscribe>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
+    let mut out = serde_json::Map::new();
+    for d in Domain::JOURNALED {
+        let info = st.backend.journal(d)?;
+        out.insert(
+            d.name().into(),
+            serde_json::to_value(info)
+                .map_err(|e| GatewayError::Internal(format!("journal info: {e}")))?,
+        );
+    }
+    Ok(json_response(serde_json::Value::Object(out).to_string()))
+}
+
+/// `PUT /cluster/settings/retention/{domain}` `{"max_events": N,
+/// "max_bytes": M}`: how much history the domain's journal keeps, on every
+/// node, from the entry that sets it on.
+async fn set_retention<B: Replicate>(
+    State(st): State<AppState<B>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, GatewayError> {
+    let domain = journaled(&name)?;
+    let body = body.map_err(|e| body_error(e, &st.cfg))?;
+    let retention: Retention = json::parse_body(&body, r#"{"max_events": N, "max_bytes": N}"#)?;
+    if retention.max_events == 0 || retention.max_bytes == 0 {
+        return Err(GatewayError::BadRequest(
+            "max_events and max_bytes must be at least 1".into(),
+        ));
+    }
+    let out = st
+        .backend
+        .write(Cmd::Settings(SettingsCmd::SetRetention {
+            domain,
+            retention,
+        }))
+        .await?;
+    match out.result {
+        ApplyResult::Settings(_) => Ok(with_index(
+            json_response(format!(r#"{{"revision":{}}}"#, out.index)),
+            Some(out.index),
+        )),
+        other => Err(GatewayError::Internal(format!(
+            "unexpected apply result for a setting: {other:?}"
+        ))),
+    }
+}
 
 pub(crate) fn routes<B: ClusterOps>() -> Router<AppState<B>> {
     Router::new()

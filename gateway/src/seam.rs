@@ -6,7 +6,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use raftmesh_proto::{ApplyResult, ClusterError, ClusterProgress, Cmd, KvEntry, NodeId, NodeInfo};
+use raftmesh_proto::feed::FeedNext;
+use raftmesh_proto::{
+    ApplyResult, ClusterError, ClusterProgress, Cmd, Domain, KvEntry, NodeId, NodeInfo, Retention,
+};
 use serde::Serialize;
 
 /// The node's Raft view at one instant, stamped on every response as
@@ -171,8 +174,55 @@ pub trait ClusterOps: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ClusterProgress, ClusterError>> + Send;
 }
 
+/// A subscription to the applied-event feed of one domain, pulled as the
+/// client reads: whole entries in index order, then one end.
+pub trait FeedStream: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = FeedNext> + Send;
+
+    /// Every entry before this index was delivered or had nothing for the
+    /// subscription: where a new one resumes it.
+    fn next_index(&self) -> u64;
+}
+
+/// Why a subscription could not start.
+#[derive(Debug)]
+pub enum SubscribeError {
+    /// `from` is older than the retained history, which starts at `oldest`.
+    Compacted {
+        from: u64,
+        oldest: u64,
+    },
+    Cluster(ClusterError),
+}
+
+/// Where one domain's journal stands on this node.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct JournalInfo {
+    /// The oldest `from` a subscription may ask for.
+    pub oldest: u64,
+    /// Events and encoded bytes kept now.
+    pub events: u64,
+    pub bytes: u64,
+    /// The cluster-wide retention in force.
+    pub retention: Retention,
+}
+
+/// Following what this node applies: watches, and later rooms and
+/// consumers. Every node applies the whole log, so any node serves it.
+pub trait Subscribe: Send + Sync + 'static {
+    type Stream: FeedStream;
+
+    /// Events of `domain` from entry `from` on (default: what is applied
+    /// next): the retained history first, then live.
+    fn subscribe(&self, domain: Domain, from: Option<u64>) -> Result<Self::Stream, SubscribeError>;
+
+    /// The journal of `domain` as this node holds it (every node's is the
+    /// same at the same applied index).
+    fn journal(&self, domain: Domain) -> Result<JournalInfo, ClusterError>;
+}
+
 /// Everything the whole router needs; implemented for any type that
 /// provides each part.
-pub trait Backend: Replicate + KvRead + ClusterOps {}
+pub trait Backend: Replicate + KvRead + ClusterOps + Subscribe {}
 
-impl<T: Replicate + KvRead + ClusterOps> Backend for T {}
+impl<T: Replicate + KvRead + ClusterOps + Subscribe> Backend for T {}

@@ -61,6 +61,9 @@ pub struct Config {
     pub max_entry_bytes: usize,
     /// Most keys one `GET /kv` answers.
     pub max_list_keys: usize,
+    /// Applied runs the feed's live buffer holds; a watcher that falls this
+    /// far behind is ended as lagged (it resumes from where it was).
+    pub feed_buffer: usize,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             max_pending_writes: 10_000,
             max_entry_bytes: 8 << 20,
             max_list_keys: 10_000,
+            feed_buffer: 1024,
         }
     }
 }
@@ -110,8 +114,8 @@ impl Config {
         if self.write_timeout_ms == 0 || self.leader_wait_ms == 0 {
             bail!("write-timeout-ms and leader-wait-ms must be > 0");
         }
-        if self.max_pending_writes == 0 || self.max_list_keys == 0 {
-            bail!("max-pending-writes and max-list-keys must be > 0");
+        if self.max_pending_writes == 0 || self.max_list_keys == 0 || self.feed_buffer == 0 {
+            bail!("max-pending-writes, max-list-keys and feed-buffer must be > 0");
         }
         if self.max_entry_bytes < self.max_value_bytes {
             bail!(
@@ -250,6 +254,10 @@ pub struct ServeArgs {
     /// Most keys one `GET /kv` answers (continue with `?after=`). [default: 10000]
     #[arg(long, env = "RAFTMESH_MAX_LIST_KEYS")]
     pub max_list_keys: Option<usize>,
+    /// Applied runs a node buffers for live watchers; a watcher further
+    /// behind is ended with a "lagged" line and resumes. [default: 1024]
+    #[arg(long, env = "RAFTMESH_FEED_BUFFER")]
+    pub feed_buffer: Option<usize>,
 }
 
 impl ServeArgs {
@@ -284,7 +292,8 @@ impl ServeArgs {
             leader_wait_ms,
             max_pending_writes,
             max_entry_bytes,
-            max_list_keys
+            max_list_keys,
+            feed_buffer
         );
         if self.advertise_grpc.is_some() {
             c.advertise_grpc = self.advertise_grpc.clone();
@@ -369,6 +378,7 @@ mod tests {
             format!("[default: {}]", d.max_pending_writes),
             format!("[default: {}]", d.max_entry_bytes),
             format!("[default: {}]", d.max_list_keys),
+            format!("[default: {}]", d.feed_buffer),
         ];
         let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for s in shown {

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use raftmesh_gateway::seam::{
-    ClusterOps, ClusterStatus, KeyPage, KvRead, MemberStatus, MembershipOutcome, RaftView,
-    RemovedStatus, Replicate, WriteOutcome,
+    ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MemberStatus,
+    MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError, WriteOutcome,
 };
+use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, ClusterProgress, Cmd, ForwardOp, ForwardReplyBody, KvEntry, LeaderHint,
+    ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody, KvEntry, LeaderHint,
     MemberProgress, NodeId, NodeInfo, TypeConfig,
 };
-use raftmesh_raft_store::{StateMachineMetrics, StoreReader};
+use raftmesh_raft_store::{FeedError, StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
 
 use crate::classify;
@@ -78,10 +79,15 @@ impl Node {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::io(&cfg.data_dir, e))?;
         let identity = Arc::new(Identity::open(&cfg.data_dir, cfg.node_id)?);
         let db_dir = cfg.data_dir.join("db");
+        let options = raftmesh_raft_store::StoreOptions {
+            feed_capacity: cfg.feed_buffer,
+        };
         let (log, sm, reader) =
-            raftmesh_raft_store::open(&db_dir).map_err(|source| NodeError::Store {
-                path: db_dir.clone(),
-                source,
+            raftmesh_raft_store::open_with(&db_dir, &options).map_err(|source| {
+                NodeError::Store {
+                    path: db_dir.clone(),
+                    source,
+                }
             })?;
         let sm_metrics = sm.metrics();
         let rc = openraft::Config {
@@ -814,6 +820,48 @@ impl KvRead for Node {
                 .map_err(|e| ClusterError::internal(e.to_string()))?;
         let next_after = if more { keys.last().cloned() } else { None };
         Ok(KeyPage { keys, next_after })
+    }
+}
+
+/// A feed subscription as the gateway sees it.
+pub(crate) struct NodeFeed(raftmesh_raft_store::Subscription);
+
+impl FeedStream for NodeFeed {
+    async fn next(&mut self) -> FeedNext {
+        self.0.next().await
+    }
+
+    fn next_index(&self) -> u64 {
+        self.0.next_index()
+    }
+}
+
+impl Subscribe for Node {
+    type Stream = NodeFeed;
+
+    fn subscribe(&self, domain: Domain, from: Option<u64>) -> Result<NodeFeed, SubscribeError> {
+        match self.reader.feed().subscribe(domain, from) {
+            Ok(s) => Ok(NodeFeed(s)),
+            Err(FeedError::Compacted { from, oldest }) => {
+                Err(SubscribeError::Compacted { from, oldest })
+            }
+            Err(FeedError::Store(e)) => Err(SubscribeError::Cluster(ClusterError::internal(
+                format!("reading the journal: {e}"),
+            ))),
+        }
+    }
+
+    fn journal(&self, domain: Domain) -> Result<JournalInfo, ClusterError> {
+        let (m, retention) = self
+            .reader
+            .journal_info(domain)
+            .map_err(|e| ClusterError::internal(format!("reading the journal: {e}")))?;
+        Ok(JournalInfo {
+            oldest: m.complete_from,
+            events: m.events,
+            bytes: m.bytes,
+            retention,
+        })
     }
 }
 

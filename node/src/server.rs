@@ -72,6 +72,7 @@ impl RunningNode {
             max_key_bytes: cfg.max_key_bytes,
             max_value_bytes: cfg.max_value_bytes,
             max_list_keys: cfg.max_list_keys,
+            watch_leaderless: std::time::Duration::from_millis(cfg.election_timeout_max_ms),
         };
         let node = Node::start(cfg).await?;
 

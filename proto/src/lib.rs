@@ -19,9 +19,13 @@ pub mod pb {
 
 pub mod cmd;
 pub mod codec;
+pub mod feed;
 pub mod legacy;
 
-pub use cmd::{ApplyResult, Cmd, ConflictKey, Domain, KvCmd, KvEntry, KvResult};
+pub use cmd::{
+    ApplyResult, Cmd, ConflictKey, Domain, Event, KvCmd, KvEntry, KvEvent, KvResult, Retention,
+    SettingsCmd, SettingsResult,
+};
 
 /// gRPC request metadata carrying the sender's cluster id; a node of another
 /// cluster refuses the request, a node that has joined none adopts it.

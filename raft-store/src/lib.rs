@@ -14,6 +14,7 @@
 //! openraft re-applies the committed log tail from `last_applied`.
 
 pub mod apply;
+pub mod feed;
 mod kv;
 mod log_store;
 mod state_machine;
@@ -25,6 +26,7 @@ use openraft::{AnyError, StorageError, StorageIOError};
 use raftmesh_proto::{KvEntry, NodeId};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
+pub use feed::{AppliedEntry, End, Feed, FeedError, Next, Subscription};
 pub use log_store::LogStore;
 pub use state_machine::{StateMachine, StateMachineMetrics};
 
@@ -38,7 +40,8 @@ const CF_RAFT_META: &str = "raft_meta";
 /// | prefix | table |
 /// |---|---|
 /// | `k/` | pm3 KV: key → 8-byte revision + compact JSON value |
-/// | `m/` | the state's own metadata (`m/time`: the apply clock) |
+/// | `j/` | the journal: `j/<domain>/<seq>` → an entry's events ([`apply::journal`]) |
+/// | `m/` | the state's own metadata: `m/time` the apply clock, `m/journal/<domain>`, `m/settings/…` cluster-wide settings |
 const CF_SM: &str = "sm";
 /// last_applied, membership, and the current snapshot.
 const CF_SM_META: &str = "sm_meta";
@@ -67,13 +70,38 @@ impl StoreError {
     }
 }
 
+/// Local choices of how the store runs; nothing here changes what apply
+/// decides.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Applied runs the feed's live buffer holds; a subscriber this far
+    /// behind is ended as lagged.
+    pub feed_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            feed_capacity: 1024,
+        }
+    }
+}
+
+/// [`open_with`] default options.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreError> {
+    open_with(dir, &StoreOptions::default())
+}
+
 /// Opens (or creates) the store in `dir` and returns the two openraft halves
 /// and a reader for local queries; all share one RocksDB handle.
 ///
 /// Fails with [`StoreError::Corrupt`] if the state machine is behind the
 /// log's purge point, and drops a stored snapshot behind it so openraft
 /// rebuilds one as it starts.
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreError> {
+pub fn open_with(
+    dir: &Path,
+    options: &StoreOptions,
+) -> Result<(LogStore, StateMachine, StoreReader), StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -81,9 +109,12 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreEr
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-    let reader = StoreReader { db: db.clone() };
-    let sm = StateMachine::new(db.clone())?;
+    let sm = StateMachine::new(db.clone(), options)?;
     sm.check_purge_point(log_store::last_purged(&db)?)?;
+    let reader = StoreReader {
+        db: db.clone(),
+        feed: sm.feed(),
+    };
     Ok((LogStore::new(db), sm, reader))
 }
 
@@ -97,12 +128,30 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 #[derive(Clone)]
 pub struct StoreReader {
     db: Arc<DB>,
+    feed: Arc<Feed>,
 }
 
 impl StoreReader {
     #[cfg(test)]
     pub(crate) fn db_for_tests(&self) -> Arc<DB> {
         self.db.clone()
+    }
+
+    /// The applied-event feed, to subscribe to.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    /// Where `domain`'s journal stands, and the retention in force.
+    pub fn journal_info(
+        &self,
+        domain: raftmesh_proto::Domain,
+    ) -> Result<(apply::journal::JournalMeta, raftmesh_proto::Retention), StoreError> {
+        let txn = apply::Txn::new(&self.db);
+        Ok((
+            apply::journal::meta(&txn, domain)?,
+            apply::journal::retention(&txn, domain)?,
+        ))
     }
 
     /// The pm3 KV record of `key`, if live.

@@ -14,8 +14,9 @@ use raftmesh_proto::{ApplyResult, NodeId, NodeInfo, TypeConfig};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::Deserialize;
 
-use crate::apply::{self, Txn};
-use crate::{cf, StoreError, CF_SM, CF_SM_META};
+use crate::apply::{self, journal, Txn};
+use crate::feed::{AppliedEntry, Feed};
+use crate::{cf, StoreError, StoreOptions, CF_SM, CF_SM_META};
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -73,15 +74,24 @@ pub struct StateMachine {
     db: Arc<DB>,
     metrics: Arc<StateMachineMetrics>,
     save_lock: SaveLock,
+    feed: Arc<Feed>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
+    pub(crate) fn new(db: Arc<DB>, options: &StoreOptions) -> Result<Self, StoreError> {
+        let applied: Option<LogId<NodeId>> = read_meta(&db, KEY_LAST_APPLIED)?;
+        let applied = applied.map_or(0, |l| l.index);
+        start_journals(&db, applied)?;
         Ok(Self {
+            feed: Feed::new(db.clone(), options.feed_capacity, applied),
             db,
             metrics: Arc::default(),
             save_lock: SaveLock::default(),
         })
+    }
+
+    pub(crate) fn feed(&self) -> Arc<Feed> {
+        self.feed.clone()
     }
 
     /// Run at open, before openraft reads the store. The log is only purged
@@ -135,6 +145,31 @@ impl StateMachine {
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         read_meta(&self.db, key)
     }
+}
+
+/// A state applied by a release without journals (0.1) has history
+/// nobody recorded: its journals start after what it applied, so a watch
+/// from earlier is told the history is gone rather than shown nothing.
+fn start_journals(db: &DB, applied: u64) -> Result<(), StoreError> {
+    if applied == 0 {
+        return Ok(());
+    }
+    let sm = cf(db, CF_SM);
+    let mut batch = WriteBatch::default();
+    for d in raftmesh_proto::Domain::JOURNALED {
+        let key = journal::meta_key(d);
+        if db.get_cf(sm, &key)?.is_none() {
+            let m = journal::JournalMeta {
+                complete_from: applied + 1,
+                ..Default::default()
+            };
+            batch.put_cf(sm, key, m.encode());
+        }
+    }
+    if !batch.is_empty() {
+        db.write_opt(batch, &synced())?;
+    }
+    Ok(())
 }
 
 /// Callers hold the [`SaveLock`] and have checked [`supersedes`].
@@ -321,6 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut txn = Txn::new(&self.db);
         let mut results = Vec::new();
+        let mut applied = Vec::new();
         let mut last: Option<LogId<NodeId>> = None;
         let mut membership: Option<Membership> = None;
         for entry in entries {
@@ -332,7 +368,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // differ; it is state, so snapshots carry it.
                     let time = apply::time_of(&txn, e.time_ms).map_err(|err| err.write())?;
                     apply::set_time(&mut txn, time);
-                    apply::apply(&mut txn, index, time, &e.cmd).map_err(|err| err.write())?
+                    let r =
+                        apply::apply(&mut txn, index, time, &e.cmd).map_err(|err| err.write())?;
+                    let events = txn.take_events();
+                    if !events.is_empty() {
+                        journal::append(&mut txn, index, time, &events)
+                            .map_err(|err| err.write())?;
+                        applied.push(AppliedEntry {
+                            index,
+                            time_ms: time,
+                            events,
+                        });
+                    }
+                    r
                 }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
@@ -356,6 +404,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.db
             .write(batch)
             .map_err(|e| StoreError::from(e).write())?;
+        self.feed.publish(applied, last.index);
         self.metrics
             .applied_entries
             .fetch_add(results.len() as u64, Ordering::Relaxed);
@@ -421,6 +470,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(())
         };
         install().map_err(|e| e.write())?;
+        self.feed.reset(meta.last_log_id.map_or(0, |l| l.index));
         self.metrics
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);

@@ -76,3 +76,21 @@ pub struct KvEntry {
     /// Compact JSON text.
     pub value: String,
 }
+
+/// What a KV write changed, as the applied-event feed and the journal carry
+/// it. The revision is the entry's index, which travels beside the event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum KvEvent {
+    /// `key` now holds `value` (compact JSON text).
+    Put { key: String, value: String },
+    /// `key` was deleted; only emitted when it existed.
+    Deleted { key: String },
+}
+
+impl KvEvent {
+    pub fn key(&self) -> &str {
+        match self {
+            KvEvent::Put { key, .. } | KvEvent::Deleted { key } => key,
+        }
+    }
+}

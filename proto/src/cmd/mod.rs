@@ -6,15 +6,18 @@
 //! API adds a variant here, not fields to a shared shape.
 
 pub mod kv;
+pub mod settings;
 
 use serde::{Deserialize, Serialize};
 
-pub use kv::{KvCmd, KvEntry, KvResult};
+pub use kv::{KvCmd, KvEntry, KvEvent, KvResult};
+pub use settings::{Retention, SettingsCmd, SettingsResult};
 
 /// One replicated write.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Cmd {
     Kv(KvCmd),
+    Settings(SettingsCmd),
     /// Independent writes the leader packed into one entry so a burst costs
     /// one append, one fsync, one replication round and one apply. Each is
     /// applied, in order, on its own: one refused leaves the others.
@@ -37,9 +40,45 @@ pub enum ConflictKey {
 }
 
 /// The domain a key belongs to (keys of two domains never conflict).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Domain {
     Kv,
+    /// The cluster-wide settings.
+    Settings,
+}
+
+impl Domain {
+    /// Every domain with a journal, in a fixed order.
+    pub const JOURNALED: [Domain; 1] = [Domain::Kv];
+
+    /// Its name in stored keys, URLs and settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Kv => "kv",
+            Domain::Settings => "settings",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Domain> {
+        [Domain::Kv, Domain::Settings]
+            .into_iter()
+            .find(|d| d.name() == name)
+    }
+}
+
+/// One change an applied command made, for the applied-event feed and the
+/// journal; the entry's index and time travel beside it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Event {
+    Kv(KvEvent),
+}
+
+impl Event {
+    pub fn domain(&self) -> Domain {
+        match self {
+            Event::Kv(_) => Domain::Kv,
+        }
+    }
 }
 
 impl Cmd {
@@ -53,6 +92,9 @@ impl Cmd {
     fn collect_keys(&self, out: &mut Vec<ConflictKey>) {
         match self {
             Cmd::Kv(c) => out.push(ConflictKey::Exclusive(Domain::Kv, c.key().to_string())),
+            Cmd::Settings(SettingsCmd::SetRetention { domain, .. }) => out.push(
+                ConflictKey::Exclusive(Domain::Settings, format!("retention/{}", domain.name())),
+            ),
             Cmd::Pack(cmds) | Cmd::Atomic(cmds) => {
                 for c in cmds {
                     c.collect_keys(out);
@@ -69,6 +111,7 @@ pub enum ApplyResult {
     #[default]
     None,
     Kv(KvResult),
+    Settings(SettingsResult),
     /// One result per command of a [`Cmd::Pack`], in order.
     Pack(Vec<ApplyResult>),
     /// A [`Cmd::Atomic`]: `kept` says whether its effects were kept; the
@@ -86,6 +129,7 @@ impl ApplyResult {
         match self {
             ApplyResult::None => false,
             ApplyResult::Kv(r) => r.refused(),
+            ApplyResult::Settings(_) => false,
             ApplyResult::Pack(_) => false,
             ApplyResult::Atomic { kept, .. } => !kept,
         }

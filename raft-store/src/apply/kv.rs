@@ -1,7 +1,7 @@
 //! Applying pm3 KV commands. A key's revision is the index of the entry
 //! that wrote it, which is why a KV key is an exclusive conflict key.
 
-use raftmesh_proto::{KvCmd, KvEntry, KvResult};
+use raftmesh_proto::{Event, KvCmd, KvEntry, KvEvent, KvResult};
 
 use super::txn::Txn;
 use crate::kv::{data_key, decide_cas, decode, encode};
@@ -31,10 +31,18 @@ pub fn apply(
                 }
             }
             txn.put(data_key(key), encode(index, value));
+            txn.emit(Event::Kv(KvEvent::Put {
+                key: key.clone(),
+                value: value.clone(),
+            }));
             KvResult::Written { revision: index }
         }
         KvCmd::Delete { key } => {
-            txn.delete(data_key(key));
+            // Watchers hear of deletes that removed something, as etcd's do.
+            if txn.get(&data_key(key))?.is_some() {
+                txn.delete(data_key(key));
+                txn.emit(Event::Kv(KvEvent::Deleted { key: key.clone() }));
+            }
             KvResult::Deleted
         }
         KvCmd::Cas {
@@ -46,6 +54,10 @@ pub fn apply(
             let result = decide_cas(index, current.as_ref(), expected, desired);
             if matches!(result, KvResult::Cas { ok: true, .. }) {
                 txn.put(data_key(key), encode(index, desired));
+                txn.emit(Event::Kv(KvEvent::Put {
+                    key: key.clone(),
+                    value: desired.clone(),
+                }));
             }
             result
         }

@@ -1,12 +1,13 @@
 //! The deterministic apply of commands: each domain's
-//! `apply(&mut Txn, index, &cmd) -> result`, and the two group kinds. Apply
+//! `apply(&mut Txn, index, time, &cmd) -> result`, and the two group kinds. Apply
 //! reads only the entry (its index, its leader-stamped time, its command)
 //! and the state; never a clock, randomness or local config.
 
+pub mod journal;
 pub mod kv;
 pub mod txn;
 
-use raftmesh_proto::{ApplyResult, Cmd};
+use raftmesh_proto::{ApplyResult, Cmd, SettingsCmd, SettingsResult};
 
 use crate::StoreError;
 pub use txn::Txn;
@@ -41,6 +42,10 @@ pub fn apply(
 ) -> Result<ApplyResult, StoreError> {
     Ok(match cmd {
         Cmd::Kv(c) => ApplyResult::Kv(kv::apply(txn, index, time_ms, c)?),
+        Cmd::Settings(SettingsCmd::SetRetention { domain, retention }) => {
+            journal::set_retention(txn, *domain, *retention);
+            ApplyResult::Settings(SettingsResult::Set)
+        }
         Cmd::Pack(cmds) => {
             let mut results = Vec::with_capacity(cmds.len());
             for c in cmds {

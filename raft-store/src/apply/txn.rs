@@ -1,10 +1,12 @@
 //! One apply run as a transaction over the state machine's key space: a
 //! byte-keyed overlay in front of RocksDB, so every command reads what the
 //! commands before it in the run wrote, with savepoints so an all-or-nothing
-//! group can be undone, and one `WriteBatch` at the end.
+//! group can be undone, and one `WriteBatch` at the end. It also collects
+//! the events the commands emit, which a rollback drops with the writes.
 
 use std::collections::BTreeMap;
 
+use raftmesh_proto::Event;
 use rocksdb::{WriteBatch, DB};
 
 use crate::{cf, StoreError, CF_SM};
@@ -17,8 +19,11 @@ type Undo = Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>;
 pub struct Txn<'a> {
     db: &'a DB,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// One per open savepoint, innermost last.
-    undo: Vec<Undo>,
+    /// One per open savepoint, innermost last, with how many events had
+    /// been emitted when it opened.
+    undo: Vec<(Undo, usize)>,
+    /// Events of the entry being applied, in the order emitted.
+    events: Vec<Event>,
 }
 
 impl<'a> Txn<'a> {
@@ -27,6 +32,7 @@ impl<'a> Txn<'a> {
             db,
             writes: BTreeMap::new(),
             undo: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -48,19 +54,32 @@ impl<'a> Txn<'a> {
 
     fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         let before = self.writes.insert(key.clone(), value);
-        if let Some(undo) = self.undo.last_mut() {
+        if let Some((undo, _)) = self.undo.last_mut() {
             undo.push((key, before));
         }
     }
 
+    /// Records what a command changed, for the journal and the feed.
+    pub fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// The events emitted since the last call: one entry's events.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
     /// Opens a savepoint: [`Txn::rollback`] undoes every write after it.
     pub fn savepoint(&mut self) {
-        self.undo.push(Vec::new());
+        self.undo.push((Vec::new(), self.events.len()));
     }
 
     /// Undoes the writes since the last savepoint and closes it.
     pub fn rollback(&mut self) {
-        let Some(undo) = self.undo.pop() else { return };
+        let Some((undo, events)) = self.undo.pop() else {
+            return;
+        };
+        self.events.truncate(events);
         for (key, before) in undo.into_iter().rev() {
             match before {
                 Some(v) => {
@@ -76,8 +95,8 @@ impl<'a> Txn<'a> {
     /// Keeps the writes since the last savepoint and closes it (an outer
     /// savepoint can still undo them).
     pub fn release(&mut self) {
-        if let Some(undo) = self.undo.pop() {
-            if let Some(outer) = self.undo.last_mut() {
+        if let Some((undo, _)) = self.undo.pop() {
+            if let Some((outer, _)) = self.undo.last_mut() {
                 outer.extend(undo);
             }
         }
@@ -135,6 +154,26 @@ mod tests {
         // The outer rollback undoes the released inner writes too.
         t.rollback();
         assert_eq!(t.get(b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn rollback_drops_the_events_emitted_since_the_savepoint() {
+        use raftmesh_proto::KvEvent;
+        let ev = |k: &str| Event::Kv(KvEvent::Deleted { key: k.into() });
+        let (_d, db) = db();
+        let mut t = Txn::new(&db);
+        t.emit(ev("kept"));
+        t.savepoint();
+        t.emit(ev("inner-released"));
+        t.savepoint();
+        t.emit(ev("undone"));
+        t.rollback();
+        t.release();
+        assert_eq!(t.take_events(), [ev("kept"), ev("inner-released")]);
+        t.savepoint();
+        t.emit(ev("x"));
+        t.rollback();
+        assert!(t.take_events().is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! pm3 KV and CAS routes (spec `pm3.md`): `GET/PUT/DELETE /kv/{key}`,
-//! `GET /kv`, `POST /kv/{key}/cas`. Handlers turn requests into [`Cmd`]s and
+//! `GET /kv`, `POST /kv/{key}/cas`, and the KV watch ([`watch`]). Handlers turn requests into [`Cmd`]s and
 //! [`ApplyResult`]s into pm3's JSON shapes; the cluster does the rest.
 
 use axum::body::Bytes;
@@ -18,12 +18,15 @@ use crate::error::GatewayError;
 use crate::json::{self, json_response, raw_or_null};
 use crate::layers::with_index;
 use crate::query::QueryParams;
-use crate::seam::{KvRead, Replicate};
+use crate::seam::{Backend, KvRead, Replicate};
 use crate::{AppState, GatewayConfig};
 
-pub(crate) fn routes<B: Replicate + KvRead>(cfg: &GatewayConfig) -> Router<AppState<B>> {
+mod watch;
+
+pub(crate) fn routes<B: Backend>(cfg: &GatewayConfig) -> Router<AppState<B>> {
     Router::new()
         .route("/kv", get(list::<B>))
+        .route("/watch/kv", get(watch::watch_kv::<B>))
         .route(
             "/kv/{key}",
             get(get_key::<B>).put(put_key::<B>).delete(delete_key::<B>),
