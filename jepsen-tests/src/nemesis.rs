@@ -108,6 +108,10 @@ impl Nemesis {
 
     /// Runs the schedule until `end`, then heals everything.
     pub async fn run(mut self, end: Instant) {
+        // `--nemesis none`: nothing to deal (the deck would stay empty).
+        if self.faults.is_empty() {
+            return;
+        }
         let mut active: Vec<(Fault, Active)> = Vec::new();
         let mut deck: Vec<Fault> = Vec::new();
         while Instant::now() < end {
