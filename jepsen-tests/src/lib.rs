@@ -14,4 +14,5 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod topology;
+pub mod watch;
 pub mod workload;

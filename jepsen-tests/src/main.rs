@@ -12,6 +12,7 @@ use jepsen_tests::cluster::NodeOpts;
 use jepsen_tests::nemesis::Fault;
 use jepsen_tests::runner::{self, exit_code, RunOpts};
 use jepsen_tests::topology;
+use jepsen_tests::watch::Watch;
 use jepsen_tests::workload::{Register, Set, Workload};
 
 #[derive(Parser)]
@@ -46,9 +47,12 @@ enum Cmd {
         /// Register workload: read with `?stale` (must be found non-linearizable).
         #[arg(long)]
         stale_reads: bool,
-        /// Keys of the register workload.
+        /// Keys of the register and watch workloads.
         #[arg(long, default_value_t = 5)]
         keys: usize,
+        /// Watch workload: watchers per node (1-8).
+        #[arg(long, default_value_t = 2)]
+        watchers: u32,
         /// The raftmesh binary; default: next to this one.
         #[arg(long)]
         bin: Option<PathBuf>,
@@ -118,6 +122,7 @@ fn real_main() -> anyhow::Result<i32> {
             seed,
             stale_reads,
             keys,
+            watchers,
             bin,
             store,
             check_budget,
@@ -130,7 +135,8 @@ fn real_main() -> anyhow::Result<i32> {
             let workload: Arc<dyn Workload> = match workload.as_str() {
                 "register" => Arc::new(Register::new(keys.max(1), stale_reads)),
                 "set" => Arc::new(Set::new()),
-                other => anyhow::bail!("unknown workload {other:?} (register, set)"),
+                "watch" => Arc::new(Watch::new(keys, watchers)),
+                other => anyhow::bail!("unknown workload {other:?} (register, set, watch)"),
             };
             let faults = nemesis
                 .iter()

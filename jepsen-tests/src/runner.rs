@@ -232,6 +232,11 @@ async fn drive(
         c.ids().into_iter().map(|id| (id, c.url(id))).collect()
     };
     let http = Arc::new(Http::new(Duration::from_secs(3)));
+    let sink: crate::workload::Sink = {
+        let recorder = recorder.clone();
+        Arc::new(move |op| recorder.push(op))
+    };
+    opts.workload.start_background(&bases, sink, end);
     let pause = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate.max(0.1));
     for slot in 0..opts.concurrency {
         let (workload, recorder, http, bases) = (
@@ -247,6 +252,7 @@ async fn drive(
             let mut state = ProcessState::default();
             while Instant::now() < end {
                 let (node, base) = &bases[(process % bases.len() as u64) as usize];
+                state.process = process;
                 let inv = workload.next(&mut rng, &mut state);
                 let t0 = Instant::now();
                 recorder.push(Op {
@@ -497,11 +503,17 @@ pub struct FileCheck {
     pub not_checked: Vec<NotChecked>,
 }
 
-/// The workload whose checkers fit a recorded history: set if it has
-/// `add`s, else register. The register's checkers are the same with and
-/// without stale reads (the reads themselves differ, not the rules).
+/// The workload whose checkers fit a recorded history: watch if it has
+/// `watch` sessions, set if it has `add`s, else register. The register's
+/// checkers are the same with and without stale reads (the reads themselves
+/// differ, not the rules).
 pub fn workload_of(history: &[Op]) -> Box<dyn Workload> {
-    if history.iter().any(|o| o.f == "add") {
+    if history
+        .iter()
+        .any(|o| o.f == crate::checker::watch::F_WATCH)
+    {
+        Box::new(crate::watch::Watch::new(1, 1))
+    } else if history.iter().any(|o| o.f == "add") {
         Box::new(crate::workload::Set::new())
     } else {
         Box::new(crate::workload::Register::new(1, false))

@@ -1,6 +1,7 @@
 //! Workloads: what clients do and how each HTTP outcome maps to ok / fail /
 //! info. A workload is a generator of invocations plus an executor; rooms and
-//! rstmdb workloads plug in by implementing [`Workload`].
+//! rstmdb workloads plug in by implementing [`Workload`]. The watch workload
+//! lives in [`crate::watch`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,21 +30,21 @@ pub struct Completion {
 }
 
 impl Completion {
-    fn ok(value: Value) -> Self {
+    pub(crate) fn ok(value: Value) -> Self {
         Self {
             kind: OpType::Ok,
             value,
             error: None,
         }
     }
-    fn fail(value: Value, error: impl Into<String>) -> Self {
+    pub(crate) fn fail(value: Value, error: impl Into<String>) -> Self {
         Self {
             kind: OpType::Fail,
             value,
             error: Some(error.into()),
         }
     }
-    fn info(value: Value, error: impl Into<String>) -> Self {
+    pub(crate) fn info(value: Value, error: impl Into<String>) -> Self {
         Self {
             kind: OpType::Info,
             value,
@@ -58,7 +59,14 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Default, Clone, Debug)]
 pub struct ProcessState {
     pub last_seen: std::collections::HashMap<String, Value>,
+    /// The process the next invocation runs as (set by the runner), so a
+    /// generator can make values that name their writer.
+    pub process: u64,
 }
+
+/// Where a workload's background tasks record their operations: the run's
+/// history, stamped with the run's clock on arrival.
+pub type Sink = std::sync::Arc<dyn Fn(Op) + Send + Sync>;
 
 pub trait Workload: Send + Sync {
     fn name(&self) -> &'static str;
@@ -78,6 +86,10 @@ pub trait Workload: Send + Sync {
     ) -> BoxFut<'a, Completion>;
     /// Keys the recovery check writes and reads after heal.
     fn keys(&self) -> Vec<String>;
+    /// Starts tasks that run beside the clients from their start until
+    /// `final_reads` ends them (the watch workload's streams), recording
+    /// into `sink`; `end` is when the clients stop. Default: none.
+    fn start_background(&self, _bases: &[(u32, String)], _sink: Sink, _end: std::time::Instant) {}
     /// Operations after heal, e.g. final reads on every node.
     fn final_reads<'a>(
         &'a self,
@@ -133,7 +145,11 @@ impl Http {
 
 /// Maps a write's reply: 2xx ok; 503 and 4xx certainly did nothing; 504,
 /// other 5xx and lost requests are unknown.
-fn write_outcome(reply: Reply, ok: impl FnOnce(Value) -> Completion, value: Value) -> Completion {
+pub(crate) fn write_outcome(
+    reply: Reply,
+    ok: impl FnOnce(Value) -> Completion,
+    value: Value,
+) -> Completion {
     match reply {
         Reply::Status(200, body) => ok(body),
         Reply::Status(503, body) => Completion::fail(value, format!("503 {body}")),
