@@ -10,6 +10,7 @@ use std::time::Duration;
 use jepsen_tests::checker::recovery::RecoveryProbe;
 use jepsen_tests::history::{read_jsonl, write_jsonl, write_lines, Op, OpType};
 use jepsen_tests::runner;
+use jepsen_tests::watch::Watch;
 use jepsen_tests::workload::{Register, Set, Workload};
 use serde_json::{json, Value};
 
@@ -201,6 +202,80 @@ fn set_recording_gets_the_set_checker() {
     assert_eq!(out.json["checks"][1]["verdict"], "invalid");
 }
 
+/// Two acked writes in one entry (revision 4) and a watcher that was cut
+/// after the first of them (so nothing was complete: it asks for 1 again)
+/// and was then sent both, or only the second.
+fn watch_history(replay_both: bool) -> Vec<Op> {
+    let op = |process, kind, f: &str, key: &str, value: Value, time| Op {
+        process,
+        kind,
+        f: f.into(),
+        key: key.into(),
+        value,
+        node: 1,
+        time,
+        error: None,
+    };
+    let line = |rev: u64, key: &str, v: &str| json!({"revision": rev, "key": key, "value": v});
+    let w = 1u64 << 40;
+    let replay = if replay_both {
+        vec![line(4, "watch_k0", "a"), line(4, "watch_k1", "b")]
+    } else {
+        vec![line(4, "watch_k1", "b")]
+    };
+    vec![
+        op(w, OpType::Invoke, "watch", "watch_", json!({"from": 1}), 1),
+        op(0, OpType::Invoke, "write", "watch_k0", json!("a"), 2),
+        op(1, OpType::Invoke, "write", "watch_k1", json!("b"), 2),
+        op(
+            0,
+            OpType::Ok,
+            "write",
+            "watch_k0",
+            json!({"value": "a", "revision": 4}),
+            3,
+        ),
+        op(
+            1,
+            OpType::Ok,
+            "write",
+            "watch_k1",
+            json!({"value": "b", "revision": 4}),
+            3,
+        ),
+        op(
+            w,
+            OpType::Ok,
+            "watch",
+            "watch_",
+            json!({"from": 1, "lines": [line(4, "watch_k0", "a")]}),
+            4,
+        ),
+        op(w, OpType::Invoke, "watch", "watch_", json!({"from": 1}), 5),
+        op(
+            w,
+            OpType::Ok,
+            "watch",
+            "watch_",
+            json!({"from": 1, "lines": replay, "end": {"error": "no leader", "revision": 4}}),
+            6,
+        ),
+    ]
+}
+
+#[test]
+fn watch_recording_gets_the_watch_checker() {
+    for (replay_both, code) in [(true, 0), (false, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("history.jsonl");
+        write_jsonl(&history, &watch_history(replay_both)).unwrap();
+        write_lines(&dir.path().join("recovery.jsonl"), &probes(&[500])).unwrap();
+        let out = check(&history);
+        assert_eq!(out.code, code, "{} {}", out.json, out.stderr);
+        assert_eq!(names(&out.json), ["recovery", "watch"]);
+    }
+}
+
 /// Checks without their timings (the search's elapsed time varies).
 fn comparable(checks: &[jepsen_tests::checker::CheckResult]) -> Vec<Value> {
     checks
@@ -220,7 +295,7 @@ fn comparable(checks: &[jepsen_tests::checker::CheckResult]) -> Vec<Value> {
 #[test]
 fn check_file_runs_what_run_runs_for_each_workload() {
     let budget = Duration::from_secs(60);
-    let cases: [(&dyn Workload, Vec<Op>); 3] = [
+    let cases: [(&dyn Workload, Vec<Op>); 4] = [
         (
             &Register::new(5, false),
             read_jsonl(&fixture("linearizable-partition-kill.jsonl")).unwrap(),
@@ -230,6 +305,7 @@ fn check_file_runs_what_run_runs_for_each_workload() {
             read_jsonl(&fixture("stale-reads-partition.jsonl")).unwrap(),
         ),
         (&Set::new(), set_history()),
+        (&Watch::new(5, 2), watch_history(true)),
     ];
     for (workload, history) in cases {
         let dir = tempfile::tempdir().unwrap();
