@@ -381,7 +381,9 @@ impl Watcher {
         };
         let mut resp = match tokio::time::timeout(HEADERS, self.client.get(&url).send()).await {
             Err(_) => return fail(record, "no response headers in time".into()),
-            Ok(Err(e)) => return fail(record, e.to_string()),
+            // The node and `from` are in the op; the URL would make every
+            // refusal a distinct error in the report.
+            Ok(Err(e)) => return fail(record, e.without_url().to_string()),
             Ok(Ok(r)) => r,
         };
         let status = resp.status().as_u16();
