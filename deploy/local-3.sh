@@ -3,7 +3,8 @@
 #
 #   deploy/local-3.sh up | down [--purge] | status | start N | stop N    (N = 1, 2, 3)
 #
-#   node N  HTTP 127.0.0.1:808N  gRPC 127.0.0.1:908N  data STATE/nN  log STATE/nN.log
+#   node N  HTTP 127.0.0.1:808N  gRPC 127.0.0.1:908N  rstmdb 127.0.0.1:740N
+#           data STATE/nN  log STATE/nN.log
 #
 # STATE is ${RAFTMESH_LOCAL_DIR:-./raftmesh-local}. Binary: $RAFTMESH_BIN, else
 # ${CARGO_TARGET_DIR:-target}/release/raftmesh (target/ of this repository).
@@ -13,7 +14,8 @@
 # and `down` wait up to RAFTMESH_LOCAL_STOP_S (10) for each node to exit,
 # then kill -9 it. `down` keeps the data, so the next `up` continues the
 # same cluster (revisions carry on); `down --purge` deletes it.
-# Other ports: RAFTMESH_LOCAL_HTTP_PORT / RAFTMESH_LOCAL_GRPC_PORT are node 1's
+# Other ports: RAFTMESH_LOCAL_HTTP_PORT / RAFTMESH_LOCAL_GRPC_PORT /
+# RAFTMESH_LOCAL_RSTMDB_PORT are node 1's
 # (nodes 2 and 3 take the next two). The cluster's membership stores the
 # addresses, so the first `up` records them in STATE/ports and later commands
 # use those. RAFTMESH_LOCAL_WAIT_S bounds the wait for readiness (30).
@@ -36,22 +38,28 @@ usage() { echo "usage: $0 up | down [--purge] | status | start N | stop N   (N =
 # Ports: recorded at the first `up`, else the environment, else 8081/9081.
 HTTP_PORT="${RAFTMESH_LOCAL_HTTP_PORT:-}"
 GRPC_PORT="${RAFTMESH_LOCAL_GRPC_PORT:-}"
+RSTMDB_PORT="${RAFTMESH_LOCAL_RSTMDB_PORT:-}"
 if [ -f "$DIR/ports" ]; then
-  read -r rec_http rec_grpc <"$DIR/ports" || true
+  read -r rec_http rec_grpc rec_rstmdb <"$DIR/ports" || true
+  # A state dir from before rstmdb ports were recorded used the default.
+  rec_rstmdb="${rec_rstmdb:-7401}"
   if { [ -n "$HTTP_PORT" ] && [ "$HTTP_PORT" != "$rec_http" ]; } ||
-    { [ -n "$GRPC_PORT" ] && [ "$GRPC_PORT" != "$rec_grpc" ]; }; then
-    die "the cluster in $DIR uses HTTP $rec_http / gRPC $rec_grpc; 'down --purge' before changing ports"
+    { [ -n "$GRPC_PORT" ] && [ "$GRPC_PORT" != "$rec_grpc" ]; } ||
+    { [ -n "$RSTMDB_PORT" ] && [ "$RSTMDB_PORT" != "$rec_rstmdb" ]; }; then
+    die "the cluster in $DIR uses HTTP $rec_http / gRPC $rec_grpc / rstmdb $rec_rstmdb; 'down --purge' before changing ports"
   fi
-  HTTP_PORT="$rec_http" GRPC_PORT="$rec_grpc"
+  HTTP_PORT="$rec_http" GRPC_PORT="$rec_grpc" RSTMDB_PORT="$rec_rstmdb"
 fi
 HTTP_PORT="${HTTP_PORT:-8081}"
 GRPC_PORT="${GRPC_PORT:-9081}"
-for p in "$HTTP_PORT" "$GRPC_PORT"; do
+RSTMDB_PORT="${RSTMDB_PORT:-7401}"
+for p in "$HTTP_PORT" "$GRPC_PORT" "$RSTMDB_PORT"; do
   if ! [[ "$p" =~ ^[0-9]+$ ]] || [ "$p" -lt 1 ] || [ "$p" -gt 65533 ]; then die "bad port $p"; fi
 done
 
 http_port() { echo $((HTTP_PORT + $1 - 1)); }
 grpc_port() { echo $((GRPC_PORT + $1 - 1)); }
+rstmdb_port() { echo $((RSTMDB_PORT + $1 - 1)); }
 peers() {
   local i out=""
   for i in "${NODES[@]}"; do out="$out${out:+,}$i=127.0.0.1:$(grpc_port "$i")"; done
@@ -96,7 +104,7 @@ node_pid() {
 
 start_node() {
   local i="$1" bin="$2" port pid
-  for port in "$(http_port "$i")" "$(grpc_port "$i")"; do
+  for port in "$(http_port "$i")" "$(grpc_port "$i")" "$(rstmdb_port "$i")"; do
     listening "$port" && die "node $i: 127.0.0.1:$port is already in use by another process (see 'ss -ltnp')"
   done
   mkdir -p "$DIR/n$i"
@@ -104,10 +112,11 @@ start_node() {
   # meant for the nodes.
   RAFTMESH_PEERS="$(peers)" setsid "$bin" serve --node-id "$i" --data-dir "$DIR/n$i" \
     --http-addr "127.0.0.1:$(http_port "$i")" --grpc-addr "127.0.0.1:$(grpc_port "$i")" \
+    --rstmdb-addr "127.0.0.1:$(rstmdb_port "$i")" \
     </dev/null >>"$DIR/n$i.log" 2>&1 &
   pid=$!
   echo "$pid" >"$DIR/n$i.pid"
-  say "node $i: started (pid $pid), HTTP 127.0.0.1:$(http_port "$i"), log $DIR/n$i.log"
+  say "node $i: started (pid $pid), HTTP 127.0.0.1:$(http_port "$i"), rstmdb 127.0.0.1:$(rstmdb_port "$i"), log $DIR/n$i.log"
 }
 
 # wait_ready PATH NODE...: until every NODE answers PATH, at most WAIT_S;
@@ -188,7 +197,7 @@ cmd_up() {
     fi
     [ -n "$bin" ] || bin="$(find_bin)"
     mkdir -p "$DIR"
-    [ -f "$DIR/ports" ] || echo "$HTTP_PORT $GRPC_PORT" >"$DIR/ports"
+    [ -f "$DIR/ports" ] || echo "$HTTP_PORT $GRPC_PORT $RSTMDB_PORT" >"$DIR/ports"
     start_node "$i" "$bin"
   done
   wait_ready /ready "${NODES[@]}"

@@ -122,6 +122,7 @@ start_node() {
     RAFTMESH_DATA_DIR="$STATE/n$i" \
     RAFTMESH_HTTP_ADDR="0.0.0.0:$HTTP_PORT" \
     RAFTMESH_GRPC_ADDR="0.0.0.0:$GRPC_PORT" \
+    RAFTMESH_RSTMDB_ADDR="0.0.0.0:7401" \
     RAFTMESH_ADVERTISE_GRPC="$ip:$GRPC_PORT" \
     RAFTMESH_ADVERTISE_HTTP="$ip:$HTTP_PORT" \
     setsid sh -c 'echo $$ >"$1"; exec "$2" serve' sh "$STATE/n$i.pid" "$bin" \

@@ -26,6 +26,7 @@ L3="$HERE/local-3.sh"
 README="$ROOT/README.md"
 HTTP_PORT="${RAFTMESH_LOCAL_HTTP_PORT:-18081}"
 GRPC_PORT="${RAFTMESH_LOCAL_GRPC_PORT:-19081}"
+RSTMDB_PORT="${RAFTMESH_LOCAL_RSTMDB_PORT:-17401}"
 
 say() { echo "local-3 test: $*"; }
 cannot() { say "$*" >&2; exit 2; }
@@ -40,9 +41,9 @@ if [ -z "$BIN" ] || [ ! -x "$BIN" ]; then cannot "no raftmesh binary: cargo buil
 BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 command -v curl >/dev/null || cannot "needs curl"
 for i in 0 1 2; do
-  for p in $((HTTP_PORT + i)) $((GRPC_PORT + i)); do
+  for p in $((HTTP_PORT + i)) $((GRPC_PORT + i)) $((RSTMDB_PORT + i)); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      cannot "127.0.0.1:$p is in use; free it or set RAFTMESH_LOCAL_HTTP_PORT / RAFTMESH_LOCAL_GRPC_PORT"
+      cannot "127.0.0.1:$p is in use; free it or set RAFTMESH_LOCAL_HTTP_PORT / RAFTMESH_LOCAL_GRPC_PORT / RAFTMESH_LOCAL_RSTMDB_PORT"
     fi
   done
 done
@@ -55,7 +56,7 @@ ln -s "$BIN" "$TMP/target/release/raftmesh"
 l3() {
   env -u RAFTMESH_BIN CARGO_TARGET_DIR="$TMP/target" RAFTMESH_LOCAL_DIR="$STATE" \
     RAFTMESH_LOCAL_HTTP_PORT="$HTTP_PORT" RAFTMESH_LOCAL_GRPC_PORT="$GRPC_PORT" \
-    RAFTMESH_LOCAL_WAIT_S=30 RAFTMESH_LOCAL_STOP_S="${STOP_S:-10}" timeout 90 "$L3" "$@"
+    RAFTMESH_LOCAL_RSTMDB_PORT="$RSTMDB_PORT" RAFTMESH_LOCAL_WAIT_S=30 RAFTMESH_LOCAL_STOP_S="${STOP_S:-10}" timeout 90 "$L3" "$@"
 }
 
 pass=0
@@ -167,7 +168,8 @@ say "binary $BIN, state in $STATE, HTTP ports $HTTP_PORT-$((HTTP_PORT + 2))"
 
 # --- binary lookup -------------------------------------------------------
 out="$(env -u RAFTMESH_BIN CARGO_TARGET_DIR="$TMP/none" RAFTMESH_LOCAL_DIR="$STATE" \
-  RAFTMESH_LOCAL_HTTP_PORT="$HTTP_PORT" RAFTMESH_LOCAL_GRPC_PORT="$GRPC_PORT" timeout 30 "$L3" up 2>&1)"
+  RAFTMESH_LOCAL_HTTP_PORT="$HTTP_PORT" RAFTMESH_LOCAL_GRPC_PORT="$GRPC_PORT" \
+  RAFTMESH_LOCAL_RSTMDB_PORT="$RSTMDB_PORT" timeout 30 "$L3" up 2>&1)"
 rc=$?
 [ "$rc" != 0 ] && [[ "$out" == *"$TMP/none/release/raftmesh"* ]] && [ ! -e "$STATE" ]
 check "up without a binary fails, names \$CARGO_TARGET_DIR/release/raftmesh, creates nothing"
@@ -205,7 +207,8 @@ check "status: exit 0, three nodes running"
 # A second cluster on the same ports (another state dir) must refuse to
 # start, not take over: the clash a developer's own cluster would cause.
 out="$(env -u RAFTMESH_BIN CARGO_TARGET_DIR="$TMP/target" RAFTMESH_LOCAL_DIR="$TMP/other" \
-  RAFTMESH_LOCAL_HTTP_PORT="$HTTP_PORT" RAFTMESH_LOCAL_GRPC_PORT="$GRPC_PORT" timeout 30 "$L3" up 2>&1)"
+  RAFTMESH_LOCAL_HTTP_PORT="$HTTP_PORT" RAFTMESH_LOCAL_GRPC_PORT="$GRPC_PORT" \
+  RAFTMESH_LOCAL_RSTMDB_PORT="$RSTMDB_PORT" timeout 30 "$L3" up 2>&1)"
 rc=$?
 pids
 [ "$rc" != 0 ] && grep -q "127.0.0.1:$HTTP_PORT is already in use" <<<"$out" && [ "$PIDS" = "$first" ] &&

@@ -26,12 +26,14 @@ pub mod metrics;
 mod ops;
 mod pm3;
 mod query;
+pub mod rstmdb;
 pub mod seam;
 
 pub use error::GatewayError;
 pub use seam::{
-    Backend, ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MemberStatus,
-    MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError, WriteOutcome,
+    Backend, ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MachineRead,
+    MemberStatus, MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError,
+    WriteOutcome,
 };
 
 /// Room for the JSON envelope around a value (`{"value": ..., "revision":

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::{
-    ApplyResult, ClusterError, ClusterProgress, Cmd, Domain, KvEntry, NodeId, NodeInfo, Retention,
+    ApplyResult, ClusterError, ClusterProgress, Cmd, Domain, Instance, InstancePage, KvEntry,
+    MachineView, NodeId, NodeInfo, Retention,
 };
 use serde::Serialize;
 
@@ -109,6 +110,16 @@ pub trait Replicate: Send + Sync + 'static {
     /// fate is unknown.
     fn write(&self, cmd: Cmd) -> impl Future<Output = Result<WriteOutcome, ClusterError>> + Send;
 
+    /// Replicate one connection's writes, applied in this order (a
+    /// pipelining protocol's guarantee): the leader queues them together
+    /// under `order`, the connection's ordered conflict key, so packing
+    /// never lets a later one pass an earlier one. One outcome each.
+    fn write_seq(
+        &self,
+        cmds: Vec<Cmd>,
+        order: String,
+    ) -> impl Future<Output = Vec<Result<WriteOutcome, ClusterError>>> + Send;
+
     /// Linearizable read barrier: confirm the read index with the leader,
     /// then wait until the local state machine has applied it. Returns the
     /// applied index the subsequent local read reflects.
@@ -195,6 +206,36 @@ pub enum SubscribeError {
     Cluster(ClusterError),
 }
 
+/// Local reads of the rstmdb machine state (after a barrier, or stale).
+pub trait MachineRead: Send + Sync + 'static {
+    fn machine_get(
+        &self,
+        machine: &str,
+        version: u32,
+    ) -> impl Future<Output = Result<Option<MachineView>, ClusterError>> + Send;
+
+    /// Machines with their versions ascending, by name; at most `limit`.
+    fn machine_list(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u32>)>, ClusterError>> + Send;
+
+    fn instance_get(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Instance>, ClusterError>> + Send;
+
+    /// Instances matching the filters, ordered by id; `total` is a kept
+    /// count. Runs off the async workers.
+    fn instance_list(
+        &self,
+        machine: Option<String>,
+        state: Option<String>,
+        limit: usize,
+        offset: usize,
+    ) -> impl Future<Output = Result<InstancePage, ClusterError>> + Send;
+}
+
 /// Where one domain's journal stands on this node.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct JournalInfo {
@@ -219,10 +260,19 @@ pub trait Subscribe: Send + Sync + 'static {
     /// The journal of `domain` as this node holds it (every node's is the
     /// same at the same applied index).
     fn journal(&self, domain: Domain) -> Result<JournalInfo, ClusterError>;
+
+    /// Up to `limit` retained entries of `domain` with index >= `from`, in
+    /// order (rstmdb's WAL_READ).
+    fn journal_page(
+        &self,
+        domain: Domain,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<raftmesh_proto::feed::AppliedEntry>, SubscribeError>;
 }
 
 /// Everything the whole router needs; implemented for any type that
 /// provides each part.
-pub trait Backend: Replicate + KvRead + ClusterOps + Subscribe {}
+pub trait Backend: Replicate + KvRead + MachineRead + ClusterOps + Subscribe {}
 
-impl<T: Replicate + KvRead + ClusterOps + Subscribe> Backend for T {}
+impl<T: Replicate + KvRead + MachineRead + ClusterOps + Subscribe> Backend for T {}

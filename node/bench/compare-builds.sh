@@ -36,7 +36,7 @@ RESULTS="$WORK/results.jsonl"
 run_one() { # label binary
   rm -rf "$WORK/data"
   for i in 1 2 3; do
-    "$2" serve --node-id "$i" --data-dir "$WORK/data/r$i" \
+    RAFTMESH_RSTMDB_ADDR="127.0.0.1:838$i" "$2" serve --node-id "$i" --data-dir "$WORK/data/r$i" \
       --http-addr "127.0.0.1:828$i" --grpc-addr "127.0.0.1:928$i" \
       --peer 1=127.0.0.1:9281 --peer 2=127.0.0.1:9282 --peer 3=127.0.0.1:9283 \
       >"$WORK/$1-r$i.log" 2>&1 &

@@ -41,7 +41,7 @@ for i in 1 2 3; do
     --initial-cluster "$cluster" --initial-cluster-token raftmesh-bench --initial-cluster-state new \
     >"$WORK/e$i.log" 2>&1 &
   PIDS+=($!)
-  "$BIN" serve --node-id "$i" --data-dir "$WORK/data/r$i" \
+  RAFTMESH_RSTMDB_ADDR="127.0.0.1:848$i" "$BIN" serve --node-id "$i" --data-dir "$WORK/data/r$i" \
     --http-addr "127.0.0.1:818$i" --grpc-addr "127.0.0.1:918$i" \
     --peer 1=127.0.0.1:9181 --peer 2=127.0.0.1:9182 --peer 3=127.0.0.1:9183 \
     >"$WORK/r$i.log" 2>&1 &

@@ -64,6 +64,15 @@ pub struct Config {
     /// Applied runs the feed's live buffer holds; a watcher that falls this
     /// far behind is ended as lagged (it resumes from where it was).
     pub feed_buffer: usize,
+    /// Where rstmdb's TCP wire listens.
+    pub rstmdb_addr: String,
+    /// SHA-256 hex digests of the rstmdb bearer tokens; when any are set
+    /// (here or in `rstmdb_token_file`), rstmdb clients must AUTH.
+    pub rstmdb_token_hashes: Vec<String>,
+    /// A file of token digests, one per line (`#` comments, blank lines).
+    pub rstmdb_token_file: Option<PathBuf>,
+    /// Largest rstmdb frame payload.
+    pub rstmdb_max_frame_bytes: usize,
 }
 
 impl Default for Config {
@@ -89,11 +98,37 @@ impl Default for Config {
             max_entry_bytes: 8 << 20,
             max_list_keys: 10_000,
             feed_buffer: 1024,
+            rstmdb_addr: "127.0.0.1:7401".into(),
+            rstmdb_token_hashes: Vec::new(),
+            rstmdb_token_file: None,
+            rstmdb_max_frame_bytes: 16 << 20,
         }
     }
 }
 
 impl Config {
+    /// The rstmdb token digests: the configured ones and the file's,
+    /// lowercased (clients' digests are compared as lowercase hex). `None`
+    /// when there are none: auth is not required.
+    pub fn rstmdb_tokens(&self) -> Result<Option<std::collections::HashSet<String>>, NodeError> {
+        let mut all: Vec<String> = self.rstmdb_token_hashes.clone();
+        if let Some(path) = &self.rstmdb_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+            all.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        for h in &all {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("rstmdb token hash {h:?} is not 64 hex digits (a SHA-256 digest)");
+            }
+        }
+        Ok((!all.is_empty()).then(|| all.iter().map(|h| h.to_ascii_lowercase()).collect()))
+    }
+
     /// Rejects configurations that would run but misbehave.
     pub fn validate(&self) -> Result<(), NodeError> {
         if self.node_id == 0 {
@@ -116,6 +151,14 @@ impl Config {
         }
         if self.max_pending_writes == 0 || self.max_list_keys == 0 || self.feed_buffer == 0 {
             bail!("max-pending-writes, max-list-keys and feed-buffer must be > 0");
+        }
+        if self.rstmdb_max_frame_bytes < 1024 {
+            bail!("rstmdb-max-frame-bytes must be at least 1024");
+        }
+        for h in &self.rstmdb_token_hashes {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("rstmdb token hash {h:?} is not 64 hex digits (a SHA-256 digest)");
+            }
         }
         if self.max_entry_bytes < self.max_value_bytes {
             bail!(
@@ -258,6 +301,24 @@ pub struct ServeArgs {
     /// behind is ended with a "lagged" line and resumes. [default: 1024]
     #[arg(long, env = "RAFTMESH_FEED_BUFFER")]
     pub feed_buffer: Option<usize>,
+    /// Address rstmdb's TCP wire listens on. [default: 127.0.0.1:7401]
+    #[arg(long, env = "RAFTMESH_RSTMDB_ADDR")]
+    pub rstmdb_addr: Option<String>,
+    /// SHA-256 hex digest of an accepted rstmdb bearer token (repeatable,
+    /// or comma-separated in the env); any set means clients must AUTH.
+    /// [default: none]
+    #[arg(
+        long = "rstmdb-token-hash",
+        env = "RAFTMESH_RSTMDB_TOKEN_HASHES",
+        value_delimiter = ','
+    )]
+    pub rstmdb_token_hashes: Vec<String>,
+    /// File of rstmdb token digests, one per line. [default: none]
+    #[arg(long, env = "RAFTMESH_RSTMDB_TOKEN_FILE")]
+    pub rstmdb_token_file: Option<PathBuf>,
+    /// Largest rstmdb frame payload, bytes. [default: 16777216]
+    #[arg(long, env = "RAFTMESH_RSTMDB_MAX_FRAME_BYTES")]
+    pub rstmdb_max_frame_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -293,8 +354,16 @@ impl ServeArgs {
             max_pending_writes,
             max_entry_bytes,
             max_list_keys,
-            feed_buffer
+            feed_buffer,
+            rstmdb_addr,
+            rstmdb_max_frame_bytes
         );
+        if self.rstmdb_token_file.is_some() {
+            c.rstmdb_token_file = self.rstmdb_token_file.clone();
+        }
+        if !self.rstmdb_token_hashes.is_empty() {
+            c.rstmdb_token_hashes = self.rstmdb_token_hashes.clone();
+        }
         if self.advertise_grpc.is_some() {
             c.advertise_grpc = self.advertise_grpc.clone();
         }
@@ -379,6 +448,8 @@ mod tests {
             format!("[default: {}]", d.max_entry_bytes),
             format!("[default: {}]", d.max_list_keys),
             format!("[default: {}]", d.feed_buffer),
+            format!("[default: {}]", d.rstmdb_addr),
+            format!("[default: {}]", d.rstmdb_max_frame_bytes),
         ];
         let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for s in shown {

@@ -143,12 +143,22 @@ impl RaftService for Service {
         let req = req.into_inner();
         // An op this node cannot decode (another version's, or garbage) was
         // not acted on: say so as data, so the sender knows a retry is safe.
-        let op = if req.cmd.is_empty() {
-            serde_json::from_slice::<ForwardOp>(&req.op).map_err(|e| e.to_string())
-        } else {
+        let op = if !req.cmd.is_empty() {
             raftmesh_proto::codec::decode_cmd(&req.cmd)
                 .map(|cmd| ForwardOp::Write { cmd })
                 .map_err(|e| e.to_string())
+        } else if !req.cmds.is_empty() {
+            req.cmds
+                .iter()
+                .map(|c| raftmesh_proto::codec::decode_cmd(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|cmds| ForwardOp::WriteSeq {
+                    cmds,
+                    order: req.order.clone(),
+                })
+                .map_err(|e| e.to_string())
+        } else {
+            serde_json::from_slice::<ForwardOp>(&req.op).map_err(|e| e.to_string())
         };
         let result: Result<_, ClusterError> = match op {
             Ok(op) => self.node.route(op, req.hops).await,
@@ -162,16 +172,25 @@ impl RaftService for Service {
         };
         // A write's success goes back in the binary codec (its values as
         // bytes); everything else, small, as JSON.
-        if let Ok(ForwardReplyBody::Written { index, result }) = &result {
-            return Ok(Response::new(ForwardReply {
-                result: Vec::new(),
-                written: raftmesh_proto::codec::encode_written(*index, result),
-            }));
+        match &result {
+            Ok(ForwardReplyBody::Written { index, result }) => {
+                return Ok(Response::new(ForwardReply {
+                    written: raftmesh_proto::codec::encode_written(*index, result),
+                    ..Default::default()
+                }));
+            }
+            Ok(ForwardReplyBody::WrittenSeq(seq)) => {
+                return Ok(Response::new(ForwardReply {
+                    written_seq: raftmesh_proto::codec::encode_written_seq(seq),
+                    ..Default::default()
+                }));
+            }
+            _ => {}
         }
         let bytes = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ForwardReply {
             result: bytes,
-            written: Vec::new(),
+            ..Default::default()
         }))
     }
 

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use raftmesh_gateway::seam::{
-    ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MemberStatus,
+    ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MachineRead, MemberStatus,
     MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError, WriteOutcome,
 };
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody, KvEntry, LeaderHint,
-    MemberProgress, NodeId, NodeInfo, TypeConfig,
+    ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody, Instance,
+    InstancePage, KvEntry, LeaderHint, MachineView, MemberProgress, NodeId, NodeInfo, TypeConfig,
 };
 use raftmesh_raft_store::{FeedError, StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
@@ -482,19 +482,23 @@ impl Node {
             )));
         };
         let hint = self.hint(leader);
-        // A write travels in the binary codec; other ops are small JSON.
-        let (op_bytes, cmd) = match op {
-            ForwardOp::Write { cmd } => (Vec::new(), raftmesh_proto::codec::encode_cmd(cmd)),
-            other => (
-                serde_json::to_vec(other).map_err(|e| ClusterError::internal(e.to_string()))?,
-                Vec::new(),
-            ),
-        };
-        let mut req = tonic::Request::new(ForwardRequest {
-            op: op_bytes,
+        // Writes travel in the binary codec; other ops are small JSON.
+        let mut req = ForwardRequest {
             hops: hops + 1,
-            cmd,
-        });
+            ..Default::default()
+        };
+        match op {
+            ForwardOp::Write { cmd } => req.cmd = raftmesh_proto::codec::encode_cmd(cmd),
+            ForwardOp::WriteSeq { cmds, order } => {
+                req.cmds = cmds.iter().map(raftmesh_proto::codec::encode_cmd).collect();
+                req.order = order.clone();
+            }
+            other => {
+                req.op =
+                    serde_json::to_vec(other).map_err(|e| ClusterError::internal(e.to_string()))?
+            }
+        }
+        let mut req = tonic::Request::new(req);
         let ttl = match op {
             ForwardOp::AddLearner { .. }
             | ForwardOp::ChangeMembership { .. }
@@ -524,6 +528,11 @@ impl Node {
                         .map_err(|e| undecodable(e.to_string()))?;
                     return Ok(ForwardReplyBody::Written { index, result });
                 }
+                if !reply.written_seq.is_empty() {
+                    let seq = raftmesh_proto::codec::decode_written_seq(&reply.written_seq)
+                        .map_err(|e| undecodable(e.to_string()))?;
+                    return Ok(ForwardReplyBody::WrittenSeq(seq));
+                }
                 serde_json::from_slice(&reply.result).map_err(|e| undecodable(e.to_string()))?
             }
             Err(s) if read_only => Err(classify::read_index_failure(&s, hint)),
@@ -539,6 +548,9 @@ impl Node {
                 .submit(cmd.clone())
                 .await
                 .map(|(index, result)| ForwardReplyBody::Written { index, result }),
+            ForwardOp::WriteSeq { cmds, order } => Ok(ForwardReplyBody::WrittenSeq(
+                self.write_batcher.submit_seq(cmds.clone(), order).await,
+            )),
             ForwardOp::ReadIndex => self
                 .read_batcher
                 .read_index()
@@ -765,6 +777,23 @@ impl Replicate for Node {
         }
     }
 
+    async fn write_seq(
+        &self,
+        cmds: Vec<Cmd>,
+        order: String,
+    ) -> Vec<Result<WriteOutcome, ClusterError>> {
+        let n = cmds.len();
+        match self.route(ForwardOp::WriteSeq { cmds, order }, 0).await {
+            Ok(ForwardReplyBody::WrittenSeq(seq)) if seq.len() == n => seq
+                .into_iter()
+                .map(|r| r.map(|(index, result)| WriteOutcome { index, result }))
+                .collect(),
+            Ok(other) => vec![Err(unexpected(other)); n],
+            // The sequence as a whole failed: the same for each write.
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     async fn read_barrier(&self) -> Result<u64, ClusterError> {
         if self.removed.lock().expect("removed flag").is_some() {
             // Nothing is replicated here any more: a read would wait forever.
@@ -851,6 +880,23 @@ impl Subscribe for Node {
         }
     }
 
+    fn journal_page(
+        &self,
+        domain: Domain,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<raftmesh_proto::feed::AppliedEntry>, SubscribeError> {
+        self.reader
+            .feed()
+            .read(domain, from, limit)
+            .map_err(|e| match e {
+                FeedError::Compacted { from, oldest } => SubscribeError::Compacted { from, oldest },
+                FeedError::Store(e) => SubscribeError::Cluster(ClusterError::internal(format!(
+                    "reading the journal: {e}"
+                ))),
+            })
+    }
+
     fn journal(&self, domain: Domain) -> Result<JournalInfo, ClusterError> {
         let (m, retention) = self
             .reader
@@ -862,6 +908,54 @@ impl Subscribe for Node {
             bytes: m.bytes,
             retention,
         })
+    }
+}
+
+/// Store reads of the machine domain, off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, raftmesh_raft_store::StoreError> + Send + 'static,
+) -> Result<T, ClusterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClusterError::internal(format!("read task: {e}")))?
+        .map_err(|e| ClusterError::internal(format!("reading the store: {e}")))
+}
+
+impl MachineRead for Node {
+    async fn machine_get(
+        &self,
+        machine: &str,
+        version: u32,
+    ) -> Result<Option<MachineView>, ClusterError> {
+        let (r, m) = (self.reader.clone(), machine.to_string());
+        blocking(move || {
+            Ok(r.machine_get(&m, version)?.map(|rec| MachineView {
+                definition: rec.definition,
+                checksum: rec.checksum,
+            }))
+        })
+        .await
+    }
+
+    async fn machine_list(&self, limit: usize) -> Result<Vec<(String, Vec<u32>)>, ClusterError> {
+        let r = self.reader.clone();
+        blocking(move || r.machine_list(limit)).await
+    }
+
+    async fn instance_get(&self, id: &str) -> Result<Option<Instance>, ClusterError> {
+        let (r, id) = (self.reader.clone(), id.to_string());
+        blocking(move || r.instance_get(&id)).await
+    }
+
+    async fn instance_list(
+        &self,
+        machine: Option<String>,
+        state: Option<String>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<InstancePage, ClusterError> {
+        let r = self.reader.clone();
+        blocking(move || r.instance_list(machine.as_deref(), state.as_deref(), limit, offset)).await
     }
 }
 

@@ -21,6 +21,7 @@ use crate::{grpc, network};
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    pub rstmdb: TcpListener,
 }
 
 impl Listeners {
@@ -34,6 +35,7 @@ impl Listeners {
         Ok(Listeners {
             grpc: bind(cfg.grpc_addr.clone(), "gRPC").await?,
             http: bind(cfg.http_addr.clone(), "HTTP").await?,
+            rstmdb: bind(cfg.rstmdb_addr.clone(), "rstmdb").await?,
         })
     }
 }
@@ -54,6 +56,7 @@ pub struct RunningNode {
     gw_cfg: raftmesh_gateway::GatewayConfig,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    rstmdb_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -68,6 +71,14 @@ impl RunningNode {
         };
         let grpc_addr = local(&listeners.grpc)?;
         let http_addr = local(&listeners.http)?;
+        let rstmdb_addr = local(&listeners.rstmdb)?;
+        let rstmdb_cfg = raftmesh_gateway::rstmdb::RstmdbConfig {
+            max_frame_bytes: cfg.rstmdb_max_frame_bytes,
+            token_hashes: cfg.rstmdb_tokens()?.map(Arc::new),
+            watch_leaderless: std::time::Duration::from_millis(cfg.election_timeout_max_ms),
+            node_id: cfg.node_id,
+            ..Default::default()
+        };
         let gw_cfg = raftmesh_gateway::GatewayConfig {
             max_key_bytes: cfg.max_key_bytes,
             max_value_bytes: cfg.max_value_bytes,
@@ -94,7 +105,18 @@ impl RunningNode {
             gw_cfg.clone(),
             stopped(stop_rx.clone()),
         );
+        let rstmdb_server = raftmesh_gateway::rstmdb::run(
+            listeners.rstmdb,
+            node.clone(),
+            rstmdb_cfg,
+            stopped(stop_rx.clone()),
+        );
         let tasks = vec![
+            tokio::spawn(async move {
+                if let Err(e) = rstmdb_server.await {
+                    tracing::error!("rstmdb server: {e}");
+                }
+            }),
             tokio::spawn(async move {
                 if let Err(e) = grpc_server.await {
                     tracing::error!("gRPC server: {e}");
@@ -113,6 +135,7 @@ impl RunningNode {
             gw_cfg,
             grpc_addr,
             http_addr,
+            rstmdb_addr,
             stop,
             tasks,
         })
@@ -124,6 +147,10 @@ impl RunningNode {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn rstmdb_addr(&self) -> SocketAddr {
+        self.rstmdb_addr
     }
 
     /// The gateway's routes over this node, for driving requests in

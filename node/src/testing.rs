@@ -33,6 +33,7 @@ pub struct TestNode {
     /// Addresses stay the same across restarts.
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub rstmdb_addr: SocketAddr,
     _dir: tempfile::TempDir,
     running: Option<RunningNode>,
     /// Listeners bound before the node starts (first start only).
@@ -113,10 +114,12 @@ impl TestCluster {
             .map_err(|e| NodeError::io(&std::env::temp_dir(), e))?;
         let (grpc, grpc_addr) = bind().await?;
         let (http, http_addr) = bind().await?;
+        let (rstmdb, rstmdb_addr) = bind().await?;
         let mut cfg = test_config(id);
         cfg.data_dir = dir.path().join("data");
         cfg.grpc_addr = grpc_addr.to_string();
         cfg.http_addr = http_addr.to_string();
+        cfg.rstmdb_addr = rstmdb_addr.to_string();
         tweak(&mut cfg);
         cfg.validate()?;
         self.nodes.insert(
@@ -125,9 +128,10 @@ impl TestCluster {
                 cfg,
                 grpc_addr,
                 http_addr,
+                rstmdb_addr,
                 _dir: dir,
                 running: None,
-                bound: Some(Listeners { grpc, http }),
+                bound: Some(Listeners { grpc, http, rstmdb }),
             },
         );
         Ok(self.nodes.get_mut(&id).expect("just inserted"))
@@ -152,7 +156,7 @@ impl TestCluster {
         assert!(n.running.is_none(), "node {id} is already running");
         let listeners = match n.bound.take() {
             Some(l) => l,
-            None => rebind(n.grpc_addr, n.http_addr).await?,
+            None => rebind(n.grpc_addr, n.http_addr, n.rstmdb_addr).await?,
         };
         n.running = Some(RunningNode::start(n.cfg.clone(), listeners).await?);
         Ok(())
@@ -224,7 +228,11 @@ impl TestCluster {
 
 /// Binds the addresses a stopped node had. The old sockets are closed, and
 /// tokio sets SO_REUSEADDR, so the ports are free again at once.
-async fn rebind(grpc: SocketAddr, http: SocketAddr) -> Result<Listeners, NodeError> {
+async fn rebind(
+    grpc: SocketAddr,
+    http: SocketAddr,
+    rstmdb: SocketAddr,
+) -> Result<Listeners, NodeError> {
     let bind = |a: SocketAddr| async move {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -240,5 +248,6 @@ async fn rebind(grpc: SocketAddr, http: SocketAddr) -> Result<Listeners, NodeErr
     Ok(Listeners {
         grpc: bind(grpc).await?,
         http: bind(http).await?,
+        rstmdb: bind(rstmdb).await?,
     })
 }

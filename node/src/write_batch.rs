@@ -23,7 +23,9 @@ const MAX_BATCH: usize = 512;
 /// Batches proposed concurrently.
 const MAX_IN_FLIGHT: usize = 2;
 
-type Reply = oneshot::Sender<Result<(u64, ApplyResult), ClusterError>>;
+/// A write's outcome: its entry's index and result.
+type Outcome = Result<(u64, ApplyResult), ClusterError>;
+type Reply = oneshot::Sender<Outcome>;
 
 /// Bounds on the leader's write work.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +48,8 @@ pub struct WriteBatcher {
 
 struct Pending {
     cmd: Cmd,
+    /// The connection whose writes keep their order ([`Domain::Session`]).
+    order: Option<String>,
     /// Encoded size, so packing stops before an entry gets too large.
     bytes: usize,
     /// Arrival + timeout: the time queued counts against the write timeout.
@@ -87,7 +91,7 @@ fn pack(
             expired.push(p);
             continue;
         }
-        let keys: Vec<(bool, (Domain, String))> = p
+        let mut keys: Vec<(bool, (Domain, String))> = p
             .cmd
             .conflict_keys()
             .into_iter()
@@ -96,6 +100,9 @@ fn pack(
                 ConflictKey::Ordered(d, key) => (false, (d, key)),
             })
             .collect();
+        if let Some(o) = &p.order {
+            keys.push((false, (Domain::Session, o.clone())));
+        }
         full = full
             || batch.len() >= MAX_BATCH
             || (!batch.is_empty() && bytes + p.bytes > max_entry_bytes);
@@ -140,6 +147,43 @@ impl WriteBatcher {
 
     /// Proposes `cmd` (in some batch) and returns its entry index and result.
     pub async fn submit(self: &Arc<Self>, cmd: Cmd) -> Result<(u64, ApplyResult), ClusterError> {
+        let rx = self.enqueue(cmd, None)?;
+        Self::outcome(rx).await
+    }
+
+    /// Proposes `cmds` in their order: queued together, with `order` as
+    /// their shared ordered key, so no later one is packed before an
+    /// earlier one. One outcome per command.
+    pub async fn submit_seq(self: &Arc<Self>, cmds: Vec<Cmd>, order: &str) -> Vec<Outcome> {
+        let queued: Vec<_> = cmds
+            .into_iter()
+            .map(|c| self.enqueue(c, Some(order.to_string())))
+            .collect();
+        let mut out = Vec::with_capacity(queued.len());
+        for q in queued {
+            out.push(match q {
+                Ok(rx) => Self::outcome(rx).await,
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    async fn outcome(rx: oneshot::Receiver<Outcome>) -> Outcome {
+        rx.await.unwrap_or_else(|_| {
+            Err(ClusterError::unknown(
+                "the node stopped while the write was in flight",
+            ))
+        })
+    }
+
+    /// Queues `cmd` now (synchronously, so callers fix the order) and
+    /// starts a driver if fewer than [`MAX_IN_FLIGHT`] run.
+    fn enqueue(
+        self: &Arc<Self>,
+        cmd: Cmd,
+        order: Option<String>,
+    ) -> Result<oneshot::Receiver<Outcome>, ClusterError> {
         let bytes = cmd_len(&cmd);
         if bytes > self.limits.max_entry_bytes {
             return Err(ClusterError::TooLarge {
@@ -163,6 +207,7 @@ impl WriteBatcher {
             }
             s.queue.push_back(Pending {
                 cmd,
+                order,
                 bytes,
                 deadline: Instant::now() + self.limits.timeout,
                 reply: tx,
@@ -177,11 +222,7 @@ impl WriteBatcher {
         if start {
             tokio::spawn(self.clone().drive());
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(ClusterError::unknown(
-                "the node stopped while the write was in flight",
-            ))
-        })
+        Ok(rx)
     }
 
     /// Takes the next batch (see [`pack`]) and answers the writes whose
@@ -274,8 +315,16 @@ mod tests {
         Pending {
             bytes: cmd_len(&cmd),
             cmd,
+            order: None,
             deadline,
             reply: oneshot::channel().0,
+        }
+    }
+
+    fn put_on(conn: &str, key: &str) -> Pending {
+        Pending {
+            order: Some(conn.into()),
+            ..put(key, 1, Instant::now() + Duration::from_secs(60))
         }
     }
 
@@ -345,6 +394,27 @@ mod tests {
             })
             .collect();
         assert_eq!(values, [2, 3], "the two later writes to a keep their order");
+    }
+
+    /// A connection's writes keep their order even on distinct keys: one
+    /// that must wait holds back the connection's later ones.
+    #[test]
+    fn a_connections_writes_are_never_reordered() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut q: VecDeque<Pending> = [
+            put("x", 1, later),
+            put_on("c1", "x"),
+            put_on("c1", "y"),
+            put_on("c2", "z"),
+        ]
+        .into();
+        let (batch, _) = pack(&mut q, Instant::now(), 1 << 20);
+        // c1's write to x must wait for the next entry, so its write to y
+        // waits too; c2 is not held back.
+        assert_eq!(keys(&batch), ["x", "z"]);
+        assert_eq!(keys(q.make_contiguous()), ["x", "y"]);
+        let (batch, _) = pack(&mut q, Instant::now(), 1 << 20);
+        assert_eq!(keys(&batch), ["x", "y"], "in one entry, in order");
     }
 
     #[test]

@@ -123,6 +123,7 @@ async fn todays_nodes_serve_the_data_v0_1_wrote_and_take_new_writes() {
         let listeners = Listeners {
             grpc: bind(&n.grpc_addr, "gRPC").await,
             http: bind(&n.http_addr, "HTTP").await,
+            rstmdb: bind("127.0.0.1:0", "rstmdb").await,
         };
         let mut cfg = test_config(id);
         cfg.data_dir = dir.path().join(&n.data_dir);

@@ -331,6 +331,7 @@ async fn a_data_dir_belongs_to_one_node_and_one_cluster() {
         .arg(&dir)
         .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--rstmdb-addr", "127.0.0.1:0"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -399,6 +400,8 @@ async fn a_data_dir_belongs_to_one_node_and_one_cluster() {
             "--http-addr",
             "127.0.0.1:0",
             "--grpc-addr",
+            "127.0.0.1:0",
+            "--rstmdb-addr",
             "127.0.0.1:0",
         ])
         .output()

@@ -18,7 +18,7 @@ async fn an_undecodable_forward_is_answered_as_not_applied() {
         .forward(ForwardRequest {
             op: b"{\"kind\":\"write\",\"cmd\":{\"op\":\"from_the_future\"}}".to_vec(),
             hops: 1,
-            cmd: Vec::new(),
+            ..Default::default()
         })
         .await
         .expect("the call itself succeeds")
@@ -32,9 +32,9 @@ async fn an_undecodable_forward_is_answered_as_not_applied() {
     // The same for a command in the binary codec that no release wrote.
     let reply = client
         .forward(ForwardRequest {
-            op: Vec::new(),
             hops: 1,
             cmd: vec![0x0a, 0x02, 0x7a, 0x00],
+            ..Default::default()
         })
         .await
         .unwrap()

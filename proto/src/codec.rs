@@ -19,8 +19,8 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 use prost::Message;
 
 use crate::cmd::{
-    ApplyResult, Cmd, Domain, Event, KvCmd, KvEvent, KvResult, Retention, SettingsCmd,
-    SettingsResult,
+    ApplyResult, Cmd, Domain, Event, KvCmd, KvEvent, KvResult, MachineCmd, MachineError,
+    MachineErrorCode, MachineEvent, MachineResult, Retention, SettingsCmd, SettingsResult,
 };
 use crate::{LogEntry, NodeId, NodeInfo, TypeConfig};
 
@@ -105,10 +105,53 @@ pub fn cmd_len(c: &Cmd) -> usize {
                 desired,
             } => field(field(key.len()) + field(expected.len()) + field(desired.len())),
         }),
+        Cmd::Machine(m) => {
+            let s = |x: &str| field(x.len());
+            let o = |x: &Option<String>| x.as_ref().map_or(0, |x| field(x.len()));
+            // Every integer as its widest varint plus a tag.
+            const INT: usize = 11;
+            field(field(match m {
+                MachineCmd::PutMachine {
+                    machine,
+                    definition,
+                    ..
+                } => s(machine) + INT + s(definition),
+                MachineCmd::CreateInstance {
+                    machine,
+                    instance_id,
+                    initial_ctx,
+                    idempotency_key,
+                    ..
+                } => s(machine) + INT + s(instance_id) + o(initial_ctx) + o(idempotency_key),
+                MachineCmd::ApplyEvent {
+                    instance_id,
+                    event,
+                    payload,
+                    expected_state,
+                    event_id,
+                    idempotency_key,
+                    ..
+                } => {
+                    s(instance_id)
+                        + s(event)
+                        + o(payload)
+                        + o(expected_state)
+                        + INT
+                        + o(event_id)
+                        + o(idempotency_key)
+                }
+                MachineCmd::DeleteInstance {
+                    instance_id,
+                    idempotency_key,
+                } => s(instance_id) + o(idempotency_key),
+                MachineCmd::FlushAll => 0,
+            }))
+        }
         Cmd::Settings(SettingsCmd::SetRetention { domain, .. }) => {
             // domain name, two varints of at most 10 bytes each.
             field(field(field(domain.name().len()) + 2 * 11))
         }
+        Cmd::Settings(SettingsCmd::AllowFlushAll(_)) => field(2),
         Cmd::Pack(cmds) | Cmd::Atomic(cmds) => field(cmds.iter().map(|c| field(cmd_len(c))).sum()),
     }
 }
@@ -171,6 +214,44 @@ pub fn decode_written(bytes: &[u8]) -> Result<(u64, ApplyResult), CodecError> {
     Ok((w.index, result_from_pb(r)?))
 }
 
+/// One outcome per write of a forwarded write sequence.
+pub type SeqOutcomes = Vec<Result<(u64, ApplyResult), crate::ClusterError>>;
+
+pub fn encode_written_seq(items: &SeqOutcomes) -> Vec<u8> {
+    use pb::written_item::Outcome;
+    pb::WrittenSeq {
+        items: items
+            .iter()
+            .map(|i| pb::WrittenItem {
+                outcome: Some(match i {
+                    Ok((index, r)) => Outcome::Ok(pb::Written {
+                        index: *index,
+                        result: Some(result_to_pb(r)),
+                    }),
+                    Err(e) => Outcome::Error(serde_json::to_vec(e).expect("errors serialize")),
+                }),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_written_seq(bytes: &[u8]) -> Result<SeqOutcomes, CodecError> {
+    use pb::written_item::Outcome;
+    pb::WrittenSeq::decode(bytes)?
+        .items
+        .into_iter()
+        .map(|i| match i.outcome {
+            Some(Outcome::Ok(w)) => {
+                let r = w.result.ok_or(CodecError::Malformed("no result"))?;
+                Ok(Ok((w.index, result_from_pb(r)?)))
+            }
+            Some(Outcome::Error(e)) => Ok(Err(serde_json::from_slice(&e)?)),
+            None => Err(CodecError::Malformed("an outcome of an unknown kind")),
+        })
+        .collect()
+}
+
 fn result_to_pb(r: &ApplyResult) -> pb::ApplyResult {
     use pb::apply_result::Result as R;
     use pb::kv_result::Result as K;
@@ -199,6 +280,7 @@ fn result_to_pb(r: &ApplyResult) -> pb::ApplyResult {
                 }),
             }),
         }),
+        ApplyResult::Machine(m) => R::Machine(machine_result_to_pb(m)),
         ApplyResult::Settings(SettingsResult::Set) => R::Settings(pb::SettingsResult {
             result: Some(pb::settings_result::Result::Set(pb::Blank {})),
         }),
@@ -243,6 +325,7 @@ fn result_from_pb(r: pb::ApplyResult) -> Result<ApplyResult, CodecError> {
                     },
                 },
             ),
+            R::Machine(m) => ApplyResult::Machine(machine_result_from_pb(m)?),
             R::Settings(st) => match st.result.ok_or(CodecError::Malformed(
                 "a settings result of an unknown kind",
             ))? {
@@ -304,6 +387,7 @@ fn event_to_pb(e: &Event) -> pb::Event {
     use pb::kv_event::Op;
     pb::Event {
         event: Some(match e {
+            Event::Machine(m) => pb::event::Event::Machine(machine_event_to_pb(m)),
             Event::Kv(k) => pb::event::Event::Kv(pb::KvEvent {
                 op: Some(match k {
                     KvEvent::Put { key, value } => Op::Put(pb::KvPutEvent {
@@ -326,6 +410,7 @@ fn event_from_pb(e: pb::Event) -> Result<Event, CodecError> {
             .event
             .ok_or(CodecError::Malformed("an event of an unknown kind"))?
         {
+            pb::event::Event::Machine(m) => Event::Machine(machine_event_from_pb(m)?),
             pb::event::Event::Kv(k) => Event::Kv(
                 match k
                     .op
@@ -338,6 +423,321 @@ fn event_from_pb(e: pb::Event) -> Result<Event, CodecError> {
                     Op::Deleted(d) => KvEvent::Deleted { key: d.key },
                 },
             ),
+        },
+    )
+}
+
+fn bytes(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn opt_text(b: Option<Vec<u8>>) -> Result<Option<String>, CodecError> {
+    b.map(text).transpose()
+}
+
+fn machine_cmd_to_pb(m: &MachineCmd) -> pb::MachineCommand {
+    use pb::machine_command::Op;
+    let op = match m {
+        MachineCmd::PutMachine {
+            machine,
+            version,
+            definition,
+        } => Op::PutMachine(pb::PutMachine {
+            machine: machine.clone(),
+            version: *version,
+            definition: bytes(definition),
+        }),
+        MachineCmd::CreateInstance {
+            machine,
+            version,
+            instance_id,
+            initial_ctx,
+            idempotency_key,
+        } => Op::CreateInstance(pb::CreateInstance {
+            machine: machine.clone(),
+            version: *version,
+            instance_id: instance_id.clone(),
+            initial_ctx: initial_ctx.as_deref().map(bytes),
+            idempotency_key: idempotency_key.clone(),
+        }),
+        MachineCmd::ApplyEvent {
+            instance_id,
+            event,
+            payload,
+            expected_state,
+            expected_wal_offset,
+            event_id,
+            idempotency_key,
+        } => Op::ApplyEvent(pb::ApplyEvent {
+            instance_id: instance_id.clone(),
+            event: event.clone(),
+            payload: payload.as_deref().map(bytes),
+            expected_state: expected_state.clone(),
+            expected_wal_offset: *expected_wal_offset,
+            event_id: event_id.clone(),
+            idempotency_key: idempotency_key.clone(),
+        }),
+        MachineCmd::DeleteInstance {
+            instance_id,
+            idempotency_key,
+        } => Op::DeleteInstance(pb::DeleteInstance {
+            instance_id: instance_id.clone(),
+            idempotency_key: idempotency_key.clone(),
+        }),
+        MachineCmd::FlushAll => Op::FlushAll(pb::Blank {}),
+    };
+    pb::MachineCommand { op: Some(op) }
+}
+
+fn machine_cmd_from_pb(m: pb::MachineCommand) -> Result<MachineCmd, CodecError> {
+    use pb::machine_command::Op;
+    Ok(
+        match m.op.ok_or(CodecError::Malformed(
+            "a machine command of an unknown kind",
+        ))? {
+            Op::PutMachine(p) => MachineCmd::PutMachine {
+                machine: p.machine,
+                version: p.version,
+                definition: text(p.definition)?,
+            },
+            Op::CreateInstance(c) => MachineCmd::CreateInstance {
+                machine: c.machine,
+                version: c.version,
+                instance_id: c.instance_id,
+                initial_ctx: opt_text(c.initial_ctx)?,
+                idempotency_key: c.idempotency_key,
+            },
+            Op::ApplyEvent(a) => MachineCmd::ApplyEvent {
+                instance_id: a.instance_id,
+                event: a.event,
+                payload: opt_text(a.payload)?,
+                expected_state: a.expected_state,
+                expected_wal_offset: a.expected_wal_offset,
+                event_id: a.event_id,
+                idempotency_key: a.idempotency_key,
+            },
+            Op::DeleteInstance(d) => MachineCmd::DeleteInstance {
+                instance_id: d.instance_id,
+                idempotency_key: d.idempotency_key,
+            },
+            Op::FlushAll(_) => MachineCmd::FlushAll,
+        },
+    )
+}
+
+/// Machine results are also what an idempotency record keeps, so they
+/// have a standalone encoding.
+pub fn encode_machine_result(r: &MachineResult) -> Vec<u8> {
+    machine_result_to_pb(r).encode_to_vec()
+}
+
+pub fn decode_machine_result(b: &[u8]) -> Result<MachineResult, CodecError> {
+    machine_result_from_pb(pb::MachineResult::decode(b)?)
+}
+
+fn machine_result_to_pb(r: &MachineResult) -> pb::MachineResult {
+    use pb::machine_result::Result as R;
+    let result = match r {
+        MachineResult::MachinePut { created, checksum } => R::MachinePut(pb::MachinePutResult {
+            created: *created,
+            checksum: checksum.clone(),
+        }),
+        MachineResult::InstanceCreated {
+            instance_id,
+            state,
+            wal_offset,
+        } => R::InstanceCreated(pb::InstanceCreatedResult {
+            instance_id: instance_id.clone(),
+            state: state.clone(),
+            wal_offset: *wal_offset,
+        }),
+        MachineResult::EventApplied {
+            from_state,
+            to_state,
+            ctx,
+            wal_offset,
+            event_id,
+        } => R::EventApplied(pb::EventAppliedResult {
+            from_state: from_state.clone(),
+            to_state: to_state.clone(),
+            ctx: bytes(ctx),
+            wal_offset: *wal_offset,
+            event_id: event_id.clone(),
+        }),
+        MachineResult::InstanceDeleted {
+            instance_id,
+            wal_offset,
+        } => R::InstanceDeleted(pb::InstanceDeletedResult {
+            instance_id: instance_id.clone(),
+            wal_offset: *wal_offset,
+        }),
+        MachineResult::Flushed {
+            machines,
+            instances,
+        } => R::Flushed(pb::FlushedResult {
+            machines: *machines,
+            instances: *instances,
+        }),
+        MachineResult::Refused(e) => R::Refused(pb::MachineError {
+            code: e.code.as_str().to_string(),
+            message: e.message.clone(),
+            details: e.details.as_deref().map(bytes),
+        }),
+    };
+    pb::MachineResult {
+        result: Some(result),
+    }
+}
+
+fn machine_result_from_pb(r: pb::MachineResult) -> Result<MachineResult, CodecError> {
+    use pb::machine_result::Result as R;
+    Ok(
+        match r
+            .result
+            .ok_or(CodecError::Malformed("a machine result of an unknown kind"))?
+        {
+            R::MachinePut(p) => MachineResult::MachinePut {
+                created: p.created,
+                checksum: p.checksum,
+            },
+            R::InstanceCreated(c) => MachineResult::InstanceCreated {
+                instance_id: c.instance_id,
+                state: c.state,
+                wal_offset: c.wal_offset,
+            },
+            R::EventApplied(a) => MachineResult::EventApplied {
+                from_state: a.from_state,
+                to_state: a.to_state,
+                ctx: text(a.ctx)?,
+                wal_offset: a.wal_offset,
+                event_id: a.event_id,
+            },
+            R::InstanceDeleted(d) => MachineResult::InstanceDeleted {
+                instance_id: d.instance_id,
+                wal_offset: d.wal_offset,
+            },
+            R::Flushed(f) => MachineResult::Flushed {
+                machines: f.machines,
+                instances: f.instances,
+            },
+            R::Refused(e) => MachineResult::Refused(MachineError {
+                code: MachineErrorCode::from_name(&e.code)
+                    .ok_or(CodecError::Malformed("an unknown machine error code"))?,
+                message: e.message,
+                details: opt_text(e.details)?,
+            }),
+        },
+    )
+}
+
+fn machine_event_to_pb(e: &MachineEvent) -> pb::MachineEvent {
+    use pb::machine_event::Op;
+    let op = match e {
+        MachineEvent::MachinePut {
+            machine,
+            version,
+            checksum,
+            definition,
+        } => Op::MachinePut(pb::MachinePutEvent {
+            machine: machine.clone(),
+            version: *version,
+            checksum: checksum.clone(),
+            definition: bytes(definition),
+        }),
+        MachineEvent::InstanceCreated {
+            instance_id,
+            machine,
+            version,
+            state,
+            ctx,
+            idempotency_key,
+        } => Op::InstanceCreated(pb::InstanceCreatedEvent {
+            instance_id: instance_id.clone(),
+            machine: machine.clone(),
+            version: *version,
+            state: state.clone(),
+            ctx: bytes(ctx),
+            idempotency_key: idempotency_key.clone(),
+        }),
+        MachineEvent::EventApplied {
+            instance_id,
+            machine,
+            version,
+            from_state,
+            to_state,
+            event,
+            payload,
+            ctx,
+            event_id,
+            idempotency_key,
+        } => Op::EventApplied(pb::EventAppliedEvent {
+            instance_id: instance_id.clone(),
+            machine: machine.clone(),
+            version: *version,
+            from_state: from_state.clone(),
+            to_state: to_state.clone(),
+            event: event.clone(),
+            payload: bytes(payload),
+            ctx: bytes(ctx),
+            event_id: event_id.clone(),
+            idempotency_key: idempotency_key.clone(),
+        }),
+        MachineEvent::InstanceDeleted {
+            instance_id,
+            machine,
+            version,
+            idempotency_key,
+        } => Op::InstanceDeleted(pb::InstanceDeletedEvent {
+            instance_id: instance_id.clone(),
+            machine: machine.clone(),
+            version: *version,
+            idempotency_key: idempotency_key.clone(),
+        }),
+        MachineEvent::Flushed => Op::Flushed(pb::Blank {}),
+    };
+    pb::MachineEvent { op: Some(op) }
+}
+
+fn machine_event_from_pb(e: pb::MachineEvent) -> Result<MachineEvent, CodecError> {
+    use pb::machine_event::Op;
+    Ok(
+        match e
+            .op
+            .ok_or(CodecError::Malformed("a machine event of an unknown kind"))?
+        {
+            Op::MachinePut(p) => MachineEvent::MachinePut {
+                machine: p.machine,
+                version: p.version,
+                checksum: p.checksum,
+                definition: text(p.definition)?,
+            },
+            Op::InstanceCreated(c) => MachineEvent::InstanceCreated {
+                instance_id: c.instance_id,
+                machine: c.machine,
+                version: c.version,
+                state: c.state,
+                ctx: text(c.ctx)?,
+                idempotency_key: c.idempotency_key,
+            },
+            Op::EventApplied(a) => MachineEvent::EventApplied {
+                instance_id: a.instance_id,
+                machine: a.machine,
+                version: a.version,
+                from_state: a.from_state,
+                to_state: a.to_state,
+                event: a.event,
+                payload: text(a.payload)?,
+                ctx: text(a.ctx)?,
+                event_id: a.event_id,
+                idempotency_key: a.idempotency_key,
+            },
+            Op::InstanceDeleted(d) => MachineEvent::InstanceDeleted {
+                instance_id: d.instance_id,
+                machine: d.machine,
+                version: d.version,
+                idempotency_key: d.idempotency_key,
+            },
+            Op::Flushed(_) => MachineEvent::Flushed,
         },
     )
 }
@@ -411,6 +811,10 @@ fn cmd_to_pb(c: &Cmd) -> pb::Command {
                 }),
             }),
         }),
+        Cmd::Machine(m) => C::Machine(machine_cmd_to_pb(m)),
+        Cmd::Settings(SettingsCmd::AllowFlushAll(on)) => C::Settings(pb::SettingsCommand {
+            op: Some(pb::settings_command::Op::AllowFlushAll(*on)),
+        }),
         Cmd::Settings(SettingsCmd::SetRetention { domain, retention }) => {
             C::Settings(pb::SettingsCommand {
                 op: Some(pb::settings_command::Op::SetRetention(pb::SetRetention {
@@ -463,6 +867,7 @@ fn cmd_from_pb(c: pb::Command) -> Result<Cmd, CodecError> {
                     },
                 },
             ),
+            C::Machine(m) => Cmd::Machine(machine_cmd_from_pb(m)?),
             C::Settings(st) => match st.op.ok_or(CodecError::Malformed(
                 "a settings command of an unknown kind",
             ))? {
@@ -475,6 +880,9 @@ fn cmd_from_pb(c: pb::Command) -> Result<Cmd, CodecError> {
                             max_bytes: r.max_bytes,
                         },
                     })
+                }
+                pb::settings_command::Op::AllowFlushAll(on) => {
+                    Cmd::Settings(SettingsCmd::AllowFlushAll(on))
                 }
             },
             C::Pack(g) => Cmd::Pack(group(g)?),

@@ -23,8 +23,9 @@ pub mod feed;
 pub mod legacy;
 
 pub use cmd::{
-    ApplyResult, Cmd, ConflictKey, Domain, Event, KvCmd, KvEntry, KvEvent, KvResult, Retention,
-    SettingsCmd, SettingsResult,
+    ApplyResult, Cmd, ConflictKey, Domain, Event, Instance, InstancePage, KvCmd, KvEntry, KvEvent,
+    KvResult, MachineCmd, MachineError, MachineErrorCode, MachineEvent, MachineResult, MachineView,
+    Retention, SettingsCmd, SettingsResult,
 };
 
 /// gRPC request metadata carrying the sender's cluster id; a node of another
@@ -84,6 +85,11 @@ impl fmt::Display for LogEntry {
 pub enum ForwardOp {
     /// Propose this command; the leader stamps the time.
     Write { cmd: Cmd },
+    /// Propose these commands in this order: one connection's writes, which
+    /// must be applied in the order it sent them. `order` names the
+    /// connection; its writes share an ordered conflict key, so packing
+    /// never lets a later one pass an earlier one.
+    WriteSeq { cmds: Vec<Cmd>, order: String },
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     /// Probe the node, then add it as a learner without waiting; the
@@ -141,6 +147,8 @@ pub enum ForwardReplyBody {
         index: u64,
         result: ApplyResult,
     },
+    /// One outcome per command of a [`ForwardOp::WriteSeq`], in order.
+    WrittenSeq(Vec<Result<(u64, ApplyResult), ClusterError>>),
     ReadIndex {
         index: u64,
     },

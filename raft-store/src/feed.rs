@@ -129,9 +129,27 @@ impl Feed {
         })
     }
 
-    /// Up to `PAGE` records of `domain` with index >= `from`, read from one
-    /// point-in-time view.
+    /// Up to `limit` retained entries of `domain` with index >= `from`, read
+    /// from one point-in-time view.
+    pub fn read(
+        &self,
+        domain: Domain,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AppliedEntry>, FeedError> {
+        self.page_of(domain, from, limit)
+    }
+
     fn page(&self, domain: Domain, from: u64) -> Result<Vec<AppliedEntry>, FeedError> {
+        self.page_of(domain, from, PAGE)
+    }
+
+    fn page_of(
+        &self,
+        domain: Domain,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AppliedEntry>, FeedError> {
         let snap = self.db.snapshot();
         let m = self.meta(&snap, domain)?;
         if from < m.complete_from {
@@ -172,7 +190,7 @@ impl Feed {
         );
         for item in iter {
             let (k, v) = item.map_err(StoreError::from)?;
-            if !k.starts_with(&prefix) || out.len() == PAGE {
+            if !k.starts_with(&prefix) || out.len() == limit {
                 break;
             }
             let r = decode_journal(&v).map_err(StoreError::from)?;

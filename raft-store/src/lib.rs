@@ -17,6 +17,7 @@ pub mod apply;
 pub mod feed;
 mod kv;
 mod log_store;
+mod machine_read;
 mod state_machine;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use feed::{AppliedEntry, End, Feed, FeedError, Next, Subscription};
 pub use log_store::LogStore;
+pub use machine_read::InstancePage;
 pub use state_machine::{StateMachine, StateMachineMetrics};
 
 /// Raft log entries, keyed by big-endian index so iteration is in log order.
@@ -40,6 +42,7 @@ const CF_RAFT_META: &str = "raft_meta";
 /// | prefix | table |
 /// |---|---|
 /// | `k/` | pm3 KV: key → 8-byte revision + compact JSON value |
+/// | `M/`, `I/`, `X/`, `N/`, `Y/`, `Ye/` | rstmdb machines, instances, list indexes, counts, idempotency ([`apply::machine`]) |
 /// | `j/` | the journal: `j/<domain>/<seq>` → an entry's events ([`apply::journal`]) |
 /// | `m/` | the state's own metadata: `m/time` the apply clock, `m/journal/<domain>`, `m/settings/…` cluster-wide settings |
 const CF_SM: &str = "sm";

@@ -141,7 +141,7 @@ impl<B: Subscribe + ClusterOps> Watch<B> {
 fn lines(e: &AppliedEntry, prefix: &str) -> String {
     let mut out = String::new();
     for ev in &e.events {
-        let Event::Kv(kv) = ev;
+        let Event::Kv(kv) = ev else { continue };
         if !kv.key().starts_with(prefix) {
             continue;
         }

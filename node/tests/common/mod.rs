@@ -88,6 +88,7 @@ pub struct Node {
     data: PathBuf,
     pub http_port: u16,
     pub grpc_port: u16,
+    pub rstmdb_port: u16,
     /// Node ids listed as `--peer` (their addresses come from the cluster).
     pub peer_ids: Vec<NodeId>,
     pub extra_args: Vec<String>,
@@ -108,6 +109,9 @@ impl Node {
     }
     pub fn grpc_addr(&self) -> String {
         format!("127.0.0.1:{}", self.grpc_port)
+    }
+    pub fn rstmdb_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.rstmdb_port)
     }
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
@@ -411,8 +415,13 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
-        let (data, http_port, grpc_port) = if self.processes {
-            (dir.path().join("data"), free_port(), free_port())
+        let (data, http_port, grpc_port, rstmdb_port) = if self.processes {
+            (
+                dir.path().join("data"),
+                free_port(),
+                free_port(),
+                free_port(),
+            )
         } else {
             // Ports bound now (port 0) and kept across restarts.
             let t = self
@@ -420,7 +429,12 @@ impl Cluster {
                 .prepare(id, &|_| {})
                 .await
                 .expect("prepare node");
-            (t.data_dir().clone(), t.http_addr.port(), t.grpc_addr.port())
+            (
+                t.data_dir().clone(),
+                t.http_addr.port(),
+                t.grpc_addr.port(),
+                t.rstmdb_addr.port(),
+            )
         };
         self.nodes.insert(
             id,
@@ -431,6 +445,7 @@ impl Cluster {
                 data,
                 http_port,
                 grpc_port,
+                rstmdb_port,
                 peer_ids,
                 extra_args,
                 dir,
@@ -477,6 +492,8 @@ impl Cluster {
             n.http_addr(),
             "--grpc-addr".into(),
             n.grpc_addr(),
+            "--rstmdb-addr".into(),
+            n.rstmdb_addr(),
         ];
         for p in &n.peer_ids {
             args.push("--peer".into());

@@ -6,17 +6,23 @@
 //! API adds a variant here, not fields to a shared shape.
 
 pub mod kv;
+pub mod machine;
 pub mod settings;
 
 use serde::{Deserialize, Serialize};
 
 pub use kv::{KvCmd, KvEntry, KvEvent, KvResult};
+pub use machine::{
+    Instance, InstancePage, MachineCmd, MachineError, MachineErrorCode, MachineEvent,
+    MachineResult, MachineView,
+};
 pub use settings::{Retention, SettingsCmd, SettingsResult};
 
 /// One replicated write.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Cmd {
     Kv(KvCmd),
+    Machine(MachineCmd),
     Settings(SettingsCmd),
     /// Independent writes the leader packed into one entry so a burst costs
     /// one append, one fsync, one replication round and one apply. Each is
@@ -43,26 +49,37 @@ pub enum ConflictKey {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Domain {
     Kv,
+    /// rstmdb machines and instances.
+    Machine,
     /// The cluster-wide settings.
     Settings,
+    /// A client connection, for ordering its writes (no state of its own).
+    Session,
 }
 
 impl Domain {
     /// Every domain with a journal, in a fixed order.
-    pub const JOURNALED: [Domain; 1] = [Domain::Kv];
+    pub const JOURNALED: [Domain; 2] = [Domain::Kv, Domain::Machine];
 
     /// Its name in stored keys, URLs and settings.
     pub fn name(self) -> &'static str {
         match self {
             Domain::Kv => "kv",
+            Domain::Machine => "machine",
             Domain::Settings => "settings",
+            Domain::Session => "session",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Domain> {
-        [Domain::Kv, Domain::Settings]
-            .into_iter()
-            .find(|d| d.name() == name)
+        [
+            Domain::Kv,
+            Domain::Machine,
+            Domain::Settings,
+            Domain::Session,
+        ]
+        .into_iter()
+        .find(|d| d.name() == name)
     }
 }
 
@@ -71,12 +88,14 @@ impl Domain {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Event {
     Kv(KvEvent),
+    Machine(MachineEvent),
 }
 
 impl Event {
     pub fn domain(&self) -> Domain {
         match self {
             Event::Kv(_) => Domain::Kv,
+            Event::Machine(_) => Domain::Machine,
         }
     }
 }
@@ -92,9 +111,21 @@ impl Cmd {
     fn collect_keys(&self, out: &mut Vec<ConflictKey>) {
         match self {
             Cmd::Kv(c) => out.push(ConflictKey::Exclusive(Domain::Kv, c.key().to_string())),
+            Cmd::Machine(c) => out.push(match (c, c.instance()) {
+                (_, Some(id)) => ConflictKey::Exclusive(Domain::Machine, format!("i/{id}")),
+                (MachineCmd::PutMachine { machine, .. }, None) => {
+                    ConflictKey::Ordered(Domain::Machine, format!("m/{machine}"))
+                }
+                // Touches everything: ordered after whatever shares its entry.
+                (_, None) => ConflictKey::Ordered(Domain::Machine, "*".into()),
+            }),
             Cmd::Settings(SettingsCmd::SetRetention { domain, .. }) => out.push(
                 ConflictKey::Exclusive(Domain::Settings, format!("retention/{}", domain.name())),
             ),
+            Cmd::Settings(SettingsCmd::AllowFlushAll(_)) => out.push(ConflictKey::Exclusive(
+                Domain::Settings,
+                "allow_flush_all".into(),
+            )),
             Cmd::Pack(cmds) | Cmd::Atomic(cmds) => {
                 for c in cmds {
                     c.collect_keys(out);
@@ -111,6 +142,7 @@ pub enum ApplyResult {
     #[default]
     None,
     Kv(KvResult),
+    Machine(MachineResult),
     Settings(SettingsResult),
     /// One result per command of a [`Cmd::Pack`], in order.
     Pack(Vec<ApplyResult>),
@@ -129,6 +161,7 @@ impl ApplyResult {
         match self {
             ApplyResult::None => false,
             ApplyResult::Kv(r) => r.refused(),
+            ApplyResult::Machine(r) => r.refused(),
             ApplyResult::Settings(_) => false,
             ApplyResult::Pack(_) => false,
             ApplyResult::Atomic { kept, .. } => !kept,

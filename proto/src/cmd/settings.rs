@@ -21,7 +21,7 @@ impl Retention {
     /// changes apply, so it takes a new feature version.
     pub const fn default_for(domain: Domain) -> Retention {
         match domain {
-            Domain::Kv | Domain::Settings => Retention {
+            Domain::Kv | Domain::Machine | Domain::Settings | Domain::Session => Retention {
                 max_events: 100_000,
                 max_bytes: 64 << 20,
             },
@@ -38,6 +38,8 @@ pub enum SettingsCmd {
         domain: Domain,
         retention: Retention,
     },
+    /// Whether rstmdb's FLUSH_ALL may clear every machine and instance.
+    AllowFlushAll(bool),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

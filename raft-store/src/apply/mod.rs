@@ -3,14 +3,19 @@
 //! reads only the entry (its index, its leader-stamped time, its command)
 //! and the state; never a clock, randomness or local config.
 
+pub mod guard;
 pub mod journal;
 pub mod kv;
+pub mod machine;
 pub mod txn;
 
 use raftmesh_proto::{ApplyResult, Cmd, SettingsCmd, SettingsResult};
 
 use crate::StoreError;
 pub use txn::Txn;
+
+/// Present when the cluster allows rstmdb's FLUSH_ALL.
+pub(crate) const ALLOW_FLUSH_ALL_KEY: &[u8] = b"m/settings/allow_flush_all";
 
 /// The apply clock: the state's own time, so it travels in snapshots.
 const TIME_KEY: &[u8] = b"m/time";
@@ -42,8 +47,20 @@ pub fn apply(
 ) -> Result<ApplyResult, StoreError> {
     Ok(match cmd {
         Cmd::Kv(c) => ApplyResult::Kv(kv::apply(txn, index, time_ms, c)?),
+        Cmd::Machine(c) => {
+            let allow = txn.get(ALLOW_FLUSH_ALL_KEY)?.is_some();
+            ApplyResult::Machine(machine::apply(txn, index, time_ms, c, allow)?)
+        }
         Cmd::Settings(SettingsCmd::SetRetention { domain, retention }) => {
             journal::set_retention(txn, *domain, *retention);
+            ApplyResult::Settings(SettingsResult::Set)
+        }
+        Cmd::Settings(SettingsCmd::AllowFlushAll(on)) => {
+            if *on {
+                txn.put(ALLOW_FLUSH_ALL_KEY.to_vec(), Vec::new());
+            } else {
+                txn.delete(ALLOW_FLUSH_ALL_KEY.to_vec());
+            }
             ApplyResult::Settings(SettingsResult::Set)
         }
         Cmd::Pack(cmds) => {

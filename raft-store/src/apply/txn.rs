@@ -15,6 +15,9 @@ use crate::{cf, StoreError, CF_SM};
 /// overlay state (`None` = the key was not in the overlay).
 type Undo = Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>;
 
+/// Keys and values, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The run's pending writes (`None` = deleted).
 pub struct Txn<'a> {
     db: &'a DB,
@@ -42,6 +45,41 @@ impl<'a> Txn<'a> {
             Some(pending) => Ok(pending.clone()),
             None => Ok(self.db.get_cf(cf(self.db, CF_SM), key)?),
         }
+    }
+
+    /// The first `limit` live keys with `prefix`, in byte order, with their
+    /// values, as this run sees them (pending writes merged over RocksDB).
+    pub fn scan(&self, prefix: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // Stored keys: read enough that pending deletes cannot leave fewer
+        // than `limit` (each pending write can hide at most one).
+        let pending = self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let hidden = pending.clone().count();
+        let iter = self.db.iterator_cf(
+            cf(self.db, CF_SM),
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter.take(limit + hidden) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in pending {
+            match v {
+                Some(v) => {
+                    out.insert(k.clone(), v.clone());
+                }
+                None => {
+                    out.remove(k);
+                }
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -174,6 +212,23 @@ mod tests {
         t.emit(ev("x"));
         t.rollback();
         assert!(t.take_events().is_empty());
+    }
+
+    #[test]
+    fn scan_merges_pending_writes_over_stored_keys() {
+        let (_d, db) = db();
+        for k in ["p/1", "p/2", "p/3", "q/1"] {
+            db.put_cf(cf(&db, CF_SM), k, b"s").unwrap();
+        }
+        let mut t = Txn::new(&db);
+        t.delete(b"p/1".to_vec());
+        t.put(b"p/0".to_vec(), b"n".to_vec());
+        t.put(b"p/2".to_vec(), b"n".to_vec());
+        let got = t.scan(b"p/", 10).unwrap();
+        let keys: Vec<&[u8]> = got.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, [&b"p/0"[..], b"p/2", b"p/3"]);
+        assert_eq!(got[1].1, b"n");
+        assert_eq!(t.scan(b"p/", 2).unwrap().len(), 2);
     }
 
     #[test]

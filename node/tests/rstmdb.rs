@@ -1,0 +1,356 @@
+//! The rstmdb wire against a real 3-node cluster, driven by the real client
+//! (crates.io `rstmdb-client` 0.3.0, unmodified): machines and instances
+//! written through a follower and read on every node, a watch on node 3 that
+//! sees every event in order and resumes with `from_offset` after the leader
+//! is killed, an atomic BATCH rolled back whole, an idempotent APPLY_EVENT
+//! retried across a leader change applied once, and auth.
+
+use std::time::{Duration, Instant};
+
+use raftmesh_node::testing::{start_cluster, start_cluster_with, TestCluster};
+use rstmdb_client::{Client, ClientError, ConnectionConfig};
+use rstmdb_protocol::{ErrorCode, Operation};
+use serde_json::{json, Value};
+
+const ORDER: &str = r#"{"states":["pending","paid","shipped"],"initial":"pending",
+  "transitions":[{"from":"pending","event":"PAY","to":"paid","guard":"ctx.amount > 0"},
+                 {"from":"paid","event":"SHIP","to":"shipped"},
+                 {"from":["pending","paid"],"event":"NOTE","to":"pending"}]}"#;
+
+async fn client(c: &TestCluster, id: u64, token: Option<&str>) -> Client {
+    let mut cfg =
+        ConnectionConfig::new(c.node(id).rstmdb_addr).with_request_timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        cfg = cfg.with_auth_token(t);
+    }
+    let client = Client::new(cfg);
+    client.connect().await.expect("connect");
+    // The client does not read responses until its read loop runs.
+    let conn = client.connection();
+    tokio::spawn(async move {
+        let _ = conn.read_loop().await;
+    });
+    client
+}
+
+async fn leader(c: &TestCluster, among: &[u64]) -> u64 {
+    c.wait_for_leader(among, Duration::from_secs(10))
+        .await
+        .expect("a leader")
+}
+
+type Events = tokio::sync::broadcast::Receiver<rstmdb_protocol::message::StreamEvent>;
+
+/// The next pushed event, waiting at most until `deadline`.
+async fn recv(
+    events: &mut Events,
+    deadline: Instant,
+) -> Result<
+    Result<rstmdb_protocol::message::StreamEvent, tokio::sync::broadcast::error::RecvError>,
+    tokio::time::error::Elapsed,
+> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::timeout(left, events.recv()).await
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    match e {
+        ClientError::ServerError { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn machines_and_instances_through_a_follower_are_read_on_every_node() {
+    let c = start_cluster(3).await.unwrap();
+    let l = leader(&c, &[1, 2, 3]).await;
+    let f = [1, 2, 3].into_iter().find(|&i| i != l).unwrap();
+    let cf = client(&c, f, None).await;
+    let def: Value = serde_json::from_str(ORDER).unwrap();
+    let put = cf.put_machine("order", 1, def.clone()).await.unwrap();
+    assert!(put.created);
+    assert_eq!(put.stored_checksum.len(), 8);
+    let again = cf.put_machine("order", 1, def.clone()).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.stored_checksum, put.stored_checksum);
+    let other = cf
+        .put_machine(
+            "order",
+            1,
+            json!({"states":["a"],"initial":"a","transitions":[]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&other),
+        Some(ErrorCode::MachineVersionExists),
+        "{other}"
+    );
+
+    let created = cf
+        .create_instance(
+            "order",
+            1,
+            Some("o-1"),
+            Some(json!({"customer": "alice"})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.state, "pending");
+    let guard = cf
+        .apply_event("o-1", "PAY", None, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&guard), Some(ErrorCode::GuardFailed), "{guard}");
+    let paid = cf
+        .apply_event("o-1", "NOTE", Some(json!({"amount": 5})), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (paid.from_state.as_str(), paid.to_state.as_str()),
+        ("pending", "pending")
+    );
+    let paid = cf
+        .apply_event("o-1", "PAY", None, Some("pending"), None)
+        .await
+        .unwrap();
+    assert_eq!(paid.to_state, "paid");
+    assert!(paid.wal_offset > created.wal_offset);
+    let conflict = cf
+        .apply_event("o-1", "SHIP", None, Some("pending"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&conflict), Some(ErrorCode::Conflict), "{conflict}");
+
+    // Every node answers the same, linearizably.
+    for id in [1, 2, 3] {
+        let ci = client(&c, id, None).await;
+        let inst = ci.get_instance("o-1").await.unwrap();
+        assert_eq!(inst.state, "paid", "node {id}");
+        assert_eq!(
+            inst.ctx,
+            json!({"customer": "alice", "amount": 5}),
+            "node {id}"
+        );
+        assert_eq!(inst.last_wal_offset, paid.wal_offset, "node {id}");
+        let m = ci.get_machine("order", 1).await.unwrap();
+        assert_eq!(m.checksum, put.stored_checksum);
+        assert_eq!(m.definition["initial"], "pending");
+        let list = ci
+            .list_instances(Some("order"), Some("paid"), None, None)
+            .await
+            .unwrap();
+        assert_eq!(list.total, 1, "node {id}");
+        assert_eq!(list.instances[0].id, "o-1");
+        let machines = ci.list_machines().await.unwrap();
+        assert_eq!(machines["items"][0]["versions"], json!([1]));
+        let info = ci.info().await.unwrap();
+        assert_eq!(info["node_id"], id);
+        assert_eq!(info["leader_id"], l);
+    }
+    let missing = cf.get_instance("nope").await.unwrap_err();
+    assert_eq!(code(&missing), Some(ErrorCode::InstanceNotFound));
+    let deleted = cf.delete_instance("o-1", None).await.unwrap();
+    assert_eq!(deleted["deleted"], true);
+    let gone = cf.get_instance("o-1").await.unwrap_err();
+    assert_eq!(code(&gone), Some(ErrorCode::InstanceNotFound));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_atomic_batch_is_rolled_back_whole_and_best_effort_reports_each() {
+    let c = start_cluster(3).await.unwrap();
+    let cl = client(&c, 2, None).await;
+    cl.put_machine("order", 1, serde_json::from_str(ORDER).unwrap())
+        .await
+        .unwrap();
+    let ops = |second_event: &str| {
+        vec![
+            json!({"op": "CREATE_INSTANCE", "params": {"machine": "order", "version": 1, "instance_id": "b-1"}}),
+            json!({"op": "APPLY_EVENT", "params": {"instance_id": "b-1", "event": second_event}}),
+        ]
+    };
+    let refused = cl.batch(ops("SHIP"), true).await.unwrap_err();
+    assert_eq!(
+        code(&refused),
+        Some(ErrorCode::InvalidTransition),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("batch op 1"), "{refused}");
+    let none = cl.get_instance("b-1").await.unwrap_err();
+    assert_eq!(
+        code(&none),
+        Some(ErrorCode::InstanceNotFound),
+        "nothing of the batch stays"
+    );
+
+    let r = cl.batch(ops("NOTE"), true).await.unwrap();
+    assert_eq!(r["results"][1]["status"], "ok", "{r}");
+    let r = cl.batch(ops("SHIP"), false).await.unwrap();
+    assert_eq!(r["results"][0]["error"]["code"], "INSTANCE_EXISTS", "{r}");
+    assert_eq!(
+        r["results"][1]["error"]["code"], "INVALID_TRANSITION",
+        "{r}"
+    );
+}
+
+/// A watch opened on node 3 with `from_offset` replays, follows live, and
+/// resumes after the leader is killed, with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_on_node_3_sees_every_event_in_order_across_a_leader_kill() {
+    let mut c = start_cluster(3).await.unwrap();
+    let mut l = leader(&c, &[1, 2, 3]).await;
+    if l == 3 {
+        // The watcher's node stays up; make another node lead.
+        c.stop(3).await;
+        l = leader(&c, &[1, 2]).await;
+        c.start(3).await.unwrap();
+    }
+    let writer_node = [1, 2].into_iter().find(|&i| i != l).unwrap();
+    let w = client(&c, writer_node, None).await;
+    w.put_machine("order", 1, serde_json::from_str(ORDER).unwrap())
+        .await
+        .unwrap();
+    w.create_instance("order", 1, Some("w-1"), Some(json!({"amount": 1})), None)
+        .await
+        .unwrap();
+    let mut offsets = Vec::new();
+    for n in 0..20 {
+        let r = w
+            .apply_event("w-1", "NOTE", Some(json!({ "n": n })), None, None)
+            .await
+            .unwrap();
+        offsets.push(r.wal_offset);
+    }
+
+    let watcher = client(&c, 3, None).await;
+    let mut events = watcher.connection().subscribe_stream_events();
+    let from = offsets[5];
+    let resp = watcher
+        .connection()
+        .request(
+            Operation::WatchAll,
+            json!({"machines": ["order"], "from_offset": from}),
+        )
+        .await
+        .unwrap();
+    assert!(!resp.is_error(), "{resp:?}");
+    let mut seen: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 15 {
+        let e = recv(&mut events, deadline)
+            .await
+            .expect("replayed events")
+            .unwrap();
+        seen.push(e.wal_offset);
+    }
+    assert_eq!(
+        seen,
+        offsets[5..],
+        "replay from the offset, inclusive, in order"
+    );
+
+    // Live, then the leader dies mid-stream: writes go on through the other node.
+    c.stop(l).await;
+    let survivor = [1, 2].into_iter().find(|&i| i != l).unwrap();
+    leader(&c, &[survivor, 3]).await;
+    let w2 = client(&c, survivor, None).await;
+    for n in 20..30 {
+        let r = w2
+            .apply_event("w-1", "NOTE", Some(json!({ "n": n })), None, None)
+            .await
+            .unwrap();
+        offsets.push(r.wal_offset);
+    }
+    while seen.len() < 25 {
+        let e = recv(&mut events, deadline)
+            .await
+            .expect("live events after the kill")
+            .unwrap();
+        seen.push(e.wal_offset);
+    }
+    assert_eq!(
+        seen,
+        offsets[5..],
+        "no gap, no duplicate across the leader change"
+    );
+
+    // Resuming on a new connection from the last offset seen + 1.
+    let again = client(&c, 3, None).await;
+    let mut ev2 = again.connection().subscribe_stream_events();
+    let resp = again
+        .connection()
+        .request(Operation::WatchAll, json!({"from_offset": offsets[20] + 1}))
+        .await
+        .unwrap();
+    assert!(!resp.is_error(), "{resp:?}");
+    let mut resumed = Vec::new();
+    while resumed.len() < 9 {
+        let e = recv(&mut ev2, deadline)
+            .await
+            .expect("resumed events")
+            .unwrap();
+        resumed.push(e.wal_offset);
+    }
+    assert_eq!(resumed, offsets[21..]);
+}
+
+/// An idempotent APPLY_EVENT retried on another node after a leader change
+/// returns the first result, applied once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotent_event_retried_across_a_leader_change_applies_once() {
+    let mut c = start_cluster(3).await.unwrap();
+    let l = leader(&c, &[1, 2, 3]).await;
+    let cl = client(&c, l, None).await;
+    cl.put_machine("order", 1, serde_json::from_str(ORDER).unwrap())
+        .await
+        .unwrap();
+    cl.create_instance("order", 1, Some("i-1"), Some(json!({"amount": 1})), None)
+        .await
+        .unwrap();
+    let first = cl
+        .apply_event("i-1", "NOTE", Some(json!({"n": 1})), None, Some("key-1"))
+        .await
+        .unwrap();
+    c.stop(l).await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != l).collect();
+    leader(&c, &others).await;
+    let c2 = client(&c, others[0], None).await;
+    let retried = c2
+        .apply_event("i-1", "NOTE", Some(json!({"n": 1})), None, Some("key-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.wal_offset, first.wal_offset,
+        "the first result, unchanged"
+    );
+    assert_eq!(retried.ctx, first.ctx);
+    let inst = c2.get_instance("i-1").await.unwrap();
+    assert_eq!(inst.last_wal_offset, first.wal_offset, "applied once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_is_required_when_tokens_are_configured() {
+    let hash = raftmesh_gateway::rstmdb::token_hash("s3cret");
+    let c = start_cluster_with(1, |cfg| cfg.rstmdb_token_hashes = vec![hash.clone()])
+        .await
+        .unwrap();
+    let ok = client(&c, 1, Some("s3cret")).await;
+    ok.ping().await.unwrap();
+    ok.list_machines().await.unwrap();
+    // Without AUTH, PING passes and everything else (watches too) is refused.
+    let anon = client(&c, 1, None).await;
+    anon.ping().await.unwrap();
+    let e = anon.list_machines().await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    let e = anon
+        .watch_all(None, None, None, None, true)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    // A wrong token fails the client's connect.
+    let cfg = ConnectionConfig::new(c.node(1).rstmdb_addr).with_auth_token("wrong");
+    let bad = Client::new(cfg);
+    let e = bad.connect().await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::AuthFailed), "{e}");
+}
