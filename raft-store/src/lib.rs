@@ -16,6 +16,7 @@
 pub mod apply;
 mod kv;
 mod log_store;
+mod snapshot;
 mod state_machine;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use raftmesh_proto::{KvEntry, NodeId};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use log_store::LogStore;
+pub use snapshot::{verify_received, FormatError, Header as SnapshotHeader, SNAPSHOT_DIR};
 pub use state_machine::{StateMachine, StateMachineMetrics};
 
 /// Raft log entries, keyed by big-endian index so iteration is in log order.
@@ -33,14 +35,15 @@ const CF_LOGS: &str = "logs";
 /// Vote, committed log id, last purged log id.
 const CF_RAFT_META: &str = "raft_meta";
 /// Replicated state; every key starts with its table's prefix, so
-/// snapshots dump and install one column family:
+/// snapshots dump and install this one column family, every key in it:
 ///
 /// | prefix | table |
 /// |---|---|
 /// | `k/` | pm3 KV: key → 8-byte revision + compact JSON value |
 /// | `m/` | the state's own metadata (`m/time`: the apply clock) |
 const CF_SM: &str = "sm";
-/// last_applied, membership, and the current snapshot.
+/// last_applied, membership, the current snapshot's meta and file name,
+/// and the marker of an install in progress.
 const CF_SM_META: &str = "sm_meta";
 
 /// Failures of this crate.
@@ -56,6 +59,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("snapshot at {incoming} is older than the current snapshot at {current}")]
     StaleSnapshot { incoming: String, current: String },
+    #[error(transparent)]
+    Snapshot(#[from] FormatError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("a storage task stopped: {0}")]
+    Stopped(String),
 }
 
 impl StoreError {
@@ -70,9 +82,11 @@ impl StoreError {
 /// Opens (or creates) the store in `dir` and returns the two openraft halves
 /// and a reader for local queries; all share one RocksDB handle.
 ///
-/// Fails with [`StoreError::Corrupt`] if the state machine is behind the
-/// log's purge point, and drops a stored snapshot behind it so openraft
-/// rebuilds one as it starts.
+/// Snapshot files live in `dir/snapshots/` ([`SNAPSHOT_DIR`]); opening
+/// finishes a snapshot install a crash interrupted and converts a release
+/// 0.1 snapshot to a file. Fails with [`StoreError::Corrupt`] if the state
+/// machine is behind the log's purge point, and drops a stored snapshot
+/// behind it so openraft rebuilds one as it starts.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -81,9 +95,12 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreEr
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-    let reader = StoreReader { db: db.clone() };
-    let sm = StateMachine::new(db.clone())?;
+    let sm = StateMachine::new(db.clone(), dir)?;
     sm.check_purge_point(log_store::last_purged(&db)?)?;
+    let reader = StoreReader {
+        db: db.clone(),
+        gate: sm.gate(),
+    };
     Ok((LogStore::new(db), sm, reader))
 }
 
@@ -94,9 +111,12 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 
 /// Read-only access to the applied state, for serving reads locally. Reads see
 /// whole apply batches: apply writes data and `last_applied` atomically.
+/// A snapshot install writes in several batches, so every read holds the
+/// install gate shared and never sees a half-installed state.
 #[derive(Clone)]
 pub struct StoreReader {
     db: Arc<DB>,
+    gate: snapshot::StateGate,
 }
 
 impl StoreReader {
@@ -107,6 +127,7 @@ impl StoreReader {
 
     /// The pm3 KV record of `key`, if live.
     pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        let _shared = self.gate.read();
         let raw = self.db.get_cf(cf(&self.db, CF_SM), kv::data_key(key))?;
         raw.map(|v| kv::decode(&v)).transpose()
     }
@@ -131,6 +152,7 @@ impl StoreReader {
             _ => start.clone(),
         };
         let mut out = Vec::new();
+        let _shared = self.gate.read();
         let iter = self.db.iterator_cf(
             cf(&self.db, CF_SM),
             rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
