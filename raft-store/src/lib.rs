@@ -27,7 +27,10 @@ use raftmesh_proto::{KvEntry, NodeId};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use log_store::LogStore;
-pub use snapshot::{verify_received, FormatError, Header as SnapshotHeader, SNAPSHOT_DIR};
+pub use snapshot::{
+    verify_received, FormatError, Header as SnapshotHeader, MAGIC as SNAPSHOT_MAGIC, SNAPSHOT_DIR,
+    VERSION as SNAPSHOT_VERSION,
+};
 pub use state_machine::{StateMachine, StateMachineMetrics};
 
 /// Raft log entries, keyed by big-endian index so iteration is in log order.

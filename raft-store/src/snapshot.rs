@@ -983,3 +983,401 @@ impl Snapshots {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftSnapshotBuilder};
+    use raftmesh_proto::{Cmd, KvCmd, LogEntry, TypeConfig};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::open;
+
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn meta_at(index: u64) -> Meta {
+        Meta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), index)),
+            last_membership: Membership::default(),
+            snapshot_id: format!("2-1-{index}-0"),
+        }
+    }
+
+    fn encode(meta: &Meta, pairs: &Pairs) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new(), &Header { meta: meta.clone() }).unwrap();
+        for (k, v) in pairs {
+            w.pair(k, v).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn decode(body: &[u8]) -> Result<(Header, Pairs), StoreError> {
+        let (mut r, header) = Reader::open(body, body.len() as u64)?;
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
+        while r.next_pair(&mut k, &mut v)? {
+            out.push((k.clone(), v.clone()));
+        }
+        Ok((header, out))
+    }
+
+    fn sample() -> Pairs {
+        vec![
+            (b"j/\x00\x00\x00\x01".to_vec(), b"event".to_vec()),
+            (
+                b"k/a".to_vec(),
+                b"\x00\x00\x00\x00\x00\x00\x00\x03\"x\"".to_vec(),
+            ),
+            (b"k/empty".to_vec(), Vec::new()),
+            (b"m/time".to_vec(), 7u64.to_be_bytes().to_vec()),
+        ]
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+        range
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(LogEntry {
+                    time_ms: 0,
+                    cmd: Cmd::Kv(KvCmd::Put {
+                        key: format!("k{i:03}"),
+                        value: i.to_string(),
+                        if_revision: None,
+                    }),
+                }),
+            })
+            .collect()
+    }
+
+    /// Every key and value of the `sm` family, in order.
+    fn sm_state(db: &DB) -> Pairs {
+        db.iterator_cf(cf(db, CF_SM), rocksdb::IteratorMode::Start)
+            .map(|i| {
+                let (k, v) = i.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join(SNAPSHOT_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_body_roundtrips_header_and_pairs() {
+        let meta = meta_at(42);
+        for pairs in [sample(), Vec::new()] {
+            let body = encode(&meta, &pairs);
+            assert!(body.starts_with(&MAGIC));
+            assert_eq!(&body[8..12], &VERSION.to_be_bytes());
+            let (header, back) = decode(&body).unwrap();
+            assert_eq!(header.meta, meta);
+            assert_eq!(back, pairs);
+        }
+    }
+
+    /// A field a later writer adds to the header is skipped, not refused.
+    #[test]
+    fn a_header_field_this_reader_does_not_know_is_ignored() {
+        let meta = meta_at(1);
+        let json = serde_json::json!({ "meta": meta, "compression": "none" });
+        let body = serde_json::to_vec(&json).unwrap();
+        let mut raw = Vec::new();
+        let mut crc = 0;
+        let mut put = |b: &[u8]| {
+            crc = crc32c::crc32c_append(crc, b);
+            raw.extend_from_slice(b);
+        };
+        put(&MAGIC);
+        put(&VERSION.to_be_bytes());
+        put(&(body.len() as u32).to_be_bytes());
+        put(&body);
+        put(&END_OF_PAIRS.to_be_bytes());
+        put(&0u64.to_be_bytes());
+        raw.extend_from_slice(&crc.to_be_bytes());
+        let (header, pairs) = decode(&raw).unwrap();
+        assert_eq!(header.meta, meta);
+        assert!(pairs.is_empty());
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_the_checksum() {
+        let body = encode(&meta_at(3), &sample());
+        let at = body.len() - 30; // inside the last pair
+        let mut bad = body.clone();
+        bad[at] ^= 0x01;
+        let err = decode(&bad).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Snapshot(FormatError::Checksum { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn every_truncation_is_refused_with_a_clear_error() {
+        let body = encode(&meta_at(3), &sample());
+        for len in 0..body.len() {
+            let err = decode(&body[..len]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("truncated") || (len < 8 && msg.contains("format header")),
+                "cut at {len}: {msg}"
+            );
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        let err = decode(&longer).unwrap_err();
+        assert!(err.to_string().contains("after its trailer"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_version_and_a_headerless_body_are_named() {
+        let mut v3 = encode(&meta_at(3), &sample());
+        v3[8..12].copy_from_slice(&3u32.to_be_bytes());
+        let err = decode(&v3).unwrap_err().to_string();
+        assert!(
+            err.contains("format version 3 is not supported") && err.contains("version 2"),
+            "{err}"
+        );
+
+        // Release 0.1's body: bare pairs.
+        let mut legacy = Vec::new();
+        for (k, v) in sample() {
+            legacy.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            legacy.extend_from_slice(&k);
+            legacy.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            legacy.extend_from_slice(&v);
+        }
+        let err = decode(&legacy).unwrap_err().to_string();
+        assert!(
+            err.contains("release 0.1") && err.contains("format version 2"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_received_body_must_be_the_snapshot_its_header_names() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("body");
+        fs::write(&path, encode(&meta_at(5), &sample())).unwrap();
+        let file = || async { tokio::fs::File::open(&path).await.unwrap() };
+        verify_received(file().await, &meta_at(5)).await.unwrap();
+        let err = verify_received(file().await, &meta_at(6))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Snapshot(FormatError::MetaMismatch { .. })),
+            "{err}"
+        );
+        // A long length field is refused before it is allocated.
+        let mut huge = encode(&meta_at(5), &Vec::new())[..12].to_vec();
+        huge.extend_from_slice(&(MAX_HEADER_BYTES + 1).to_be_bytes());
+        fs::write(&path, huge).unwrap();
+        let err = verify_received(file().await, &meta_at(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("header is not valid"), "{err}");
+    }
+
+    /// What release 0.1 left in `sm_meta`: the meta and the bare pairs.
+    #[tokio::test]
+    async fn a_legacy_stored_snapshot_becomes_a_v2_file_at_open() {
+        let dir = TempDir::new().unwrap();
+        let (want_meta, want_pairs) = {
+            let (_log, mut sm, reader) = open(dir.path()).unwrap();
+            sm.apply(entries(1..=5)).await.unwrap();
+            let db = reader.db_for_tests();
+            let pairs = sm_state(&db);
+            let mut legacy = Vec::new();
+            for (k, v) in &pairs {
+                legacy.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                legacy.extend_from_slice(k);
+                legacy.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                legacy.extend_from_slice(v);
+            }
+            let meta = Meta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 5)),
+                last_membership: Membership::default(),
+                snapshot_id: "1-1-5-0".into(),
+            };
+            let m = cf(&db, CF_SM_META);
+            db.put_cf(m, KEY_SNAPSHOT_META, serde_json::to_vec(&meta).unwrap())
+                .unwrap();
+            db.put_cf(m, KEY_SNAPSHOT_DATA, legacy).unwrap();
+            (meta, pairs)
+        };
+        let (_log, mut sm, reader) = open(dir.path()).unwrap();
+        let db = reader.db_for_tests();
+        let m = cf(&db, CF_SM_META);
+        assert!(db.get_cf(m, KEY_SNAPSHOT_DATA).unwrap().is_none());
+        let name = String::from_utf8(db.get_cf(m, KEY_SNAPSHOT_FILE).unwrap().unwrap()).unwrap();
+        assert_eq!(files(dir.path()), vec![name.clone()]);
+        let body = fs::read(dir.path().join(SNAPSHOT_DIR).join(&name)).unwrap();
+        let (header, pairs) = decode(&body).unwrap();
+        assert_eq!((header.meta, pairs), (want_meta.clone(), want_pairs));
+
+        // It serves like any snapshot: openraft's view, and an install.
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, want_meta);
+        let other = TempDir::new().unwrap();
+        let (_l2, mut sm2, reader2) = open(other.path()).unwrap();
+        sm2.install_snapshot(&cur.meta, cur.snapshot).await.unwrap();
+        assert_eq!(reader2.kv_scan("", None, 100).unwrap().0.len(), 5);
+    }
+
+    /// The leader's snapshot at 10 (ten keys), and a follower at 4 with a key
+    /// the snapshot does not have.
+    async fn leader_and_follower() -> (TempDir, Meta, PathBuf, Pairs, TempDir) {
+        let leader_dir = TempDir::new().unwrap();
+        let (meta, body, pairs) = {
+            let (_l, mut leader, reader) = open(leader_dir.path()).unwrap();
+            leader.apply(entries(1..=10)).await.unwrap();
+            let snap = leader
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let name = files(leader_dir.path()).remove(0);
+            let body = leader_dir.path().join(SNAPSHOT_DIR).join(name);
+            (snap.meta, body, sm_state(&reader.db_for_tests()))
+        };
+        let dir = TempDir::new().unwrap();
+        {
+            let (_log, mut sm, reader) = open(dir.path()).unwrap();
+            sm.apply(entries(1..=4)).await.unwrap();
+            let db = reader.db_for_tests();
+            db.put_cf(cf(&db, CF_SM), b"x/stale", b"old").unwrap();
+        }
+        (leader_dir, meta, body, pairs, dir)
+    }
+
+    /// A crash anywhere between the install's marker and its last batch:
+    /// reopening finishes the install, so the state is the snapshot's and
+    /// nothing of the old state is left or reported applied.
+    #[tokio::test]
+    async fn open_finishes_an_install_a_crash_interrupted() {
+        for written in [0usize, 1, 6] {
+            let (_leader, meta, body, want, dir) = leader_and_follower().await;
+            {
+                let db = Arc::new(
+                    DB::open_cf(
+                        &rocksdb::Options::default(),
+                        dir.path(),
+                        [crate::CF_LOGS, crate::CF_RAFT_META, CF_SM, CF_SM_META],
+                    )
+                    .unwrap(),
+                );
+                let snaps = Snapshots::open(db.clone(), dir.path()).unwrap();
+                let file = snaps.stage(&meta, &mut File::open(&body).unwrap()).unwrap();
+                let inst = Installing {
+                    meta: meta.clone(),
+                    file,
+                    keep: true,
+                };
+                db.put_cf(
+                    cf(&db, CF_SM_META),
+                    KEY_INSTALLING,
+                    serde_json::to_vec(&inst).unwrap(),
+                )
+                .unwrap();
+                // Part of the ingest: the old state cleared, some pairs in.
+                if written > 0 {
+                    let sm = cf(&db, CF_SM);
+                    db.delete_range_cf(sm, &[][..], SM_KEY_END).unwrap();
+                    for (k, v) in want.iter().take(written) {
+                        db.put_cf(sm, k, v).unwrap();
+                    }
+                }
+            }
+            let (_log, mut sm, reader) = open(dir.path()).unwrap();
+            let db = reader.db_for_tests();
+            assert_eq!(sm_state(&db), want, "after {written} pairs");
+            assert!(db
+                .get_cf(cf(&db, CF_SM_META), KEY_INSTALLING)
+                .unwrap()
+                .is_none());
+            let (applied, _) = sm.applied_state().await.unwrap();
+            assert_eq!(applied, meta.last_log_id);
+            let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(cur.meta, meta);
+            assert_eq!(files(dir.path()).len(), 1, "only the installed file");
+        }
+    }
+
+    /// Without the file the marker names, the install cannot be finished,
+    /// and the store does not open as if it were applied.
+    #[tokio::test]
+    async fn an_interrupted_install_without_its_file_refuses_to_open() {
+        let (_leader, meta, _body, _want, dir) = leader_and_follower().await;
+        {
+            let (_log, _sm, reader) = open(dir.path()).unwrap();
+            let db = reader.db_for_tests();
+            let inst = Installing {
+                meta,
+                file: "gone.snap".into(),
+                keep: true,
+            };
+            db.put_cf(
+                cf(&db, CF_SM_META),
+                KEY_INSTALLING,
+                serde_json::to_vec(&inst).unwrap(),
+            )
+            .unwrap();
+        }
+        match open(dir.path()) {
+            Err(StoreError::Corrupt(msg)) => assert!(msg.contains("interrupted"), "{msg}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("opened with an unfinished install"),
+        }
+    }
+
+    /// A crashed build's temp file and a superseded snapshot whose delete a
+    /// crash skipped are deleted at open; the stored snapshot stays.
+    #[tokio::test]
+    async fn open_deletes_files_no_record_names() {
+        let dir = TempDir::new().unwrap();
+        let kept = {
+            let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+            sm.apply(entries(1..=3)).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            files(dir.path())
+        };
+        let snaps = dir.path().join(SNAPSHOT_DIR);
+        fs::write(snaps.join("00000000000000000002-1.snap"), b"old").unwrap();
+        fs::write(snaps.join("00000000000000000004-2.snap.tmp"), b"half").unwrap();
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        assert_eq!(files(dir.path()), kept);
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+    }
+
+    /// A superseded snapshot's file is deleted, and so is a lost build's.
+    #[tokio::test]
+    async fn only_the_stored_snapshot_keeps_a_file() {
+        let (_leader, meta, body, _want, dir) = leader_and_follower().await;
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let built = files(dir.path());
+        assert_eq!(built.len(), 1);
+        let file = tokio::fs::File::open(&body).await.unwrap();
+        sm.install_snapshot(&meta, Box::new(file)).await.unwrap();
+        let installed = files(dir.path());
+        assert_eq!(installed.len(), 1);
+        assert_ne!(installed, built);
+        // A build of the same state does not replace it, and leaves nothing.
+        builder.build_snapshot().await.unwrap();
+        assert_eq!(files(dir.path()), installed);
+    }
+}
