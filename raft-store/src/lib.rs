@@ -130,7 +130,7 @@ impl StoreReader {
 
     /// The pm3 KV record of `key`, if live.
     pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        let _shared = self.gate.read();
+        let _shared = self.gate.read()?;
         let raw = self.db.get_cf(cf(&self.db, CF_SM), kv::data_key(key))?;
         raw.map(|v| kv::decode(&v)).transpose()
     }
@@ -155,7 +155,7 @@ impl StoreReader {
             _ => start.clone(),
         };
         let mut out = Vec::new();
-        let _shared = self.gate.read();
+        let _shared = self.gate.read()?;
         let iter = self.db.iterator_cf(
             cf(&self.db, CF_SM),
             rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),

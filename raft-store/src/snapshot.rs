@@ -12,7 +12,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -447,18 +447,32 @@ impl SaveLock {
 /// Shared with every reader of the `sm` family: an install holds it
 /// exclusively while the family is a mix of old and new state (it is
 /// written in several batches), reads and snapshot captures hold it shared,
-/// so none of them sees the mix.
+/// so none of them sees the mix. An install that failed midway leaves the
+/// mix until the next open finishes it, so from then on every read fails.
 #[derive(Clone, Default)]
-pub(crate) struct StateGate(Arc<RwLock<()>>);
+pub(crate) struct StateGate(Arc<GateInner>);
+
+#[derive(Default)]
+struct GateInner {
+    lock: RwLock<()>,
+    broken: AtomicBool,
+}
 
 impl StateGate {
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, ()> {
-        // Guards no data: a panicked holder leaves nothing half-done that
-        // the install marker does not cover.
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn read(&self) -> Result<RwLockReadGuard<'_, ()>, StoreError> {
+        // The lock guards no data; a panicked install sets `broken` first.
+        let guard = self.0.lock.read().unwrap_or_else(PoisonError::into_inner);
+        if self.0.broken.load(Ordering::Acquire) {
+            return Err(StoreError::Corrupt(
+                "a snapshot install failed midway; the state is incomplete until the \
+                 store is reopened, which finishes the install"
+                    .into(),
+            ));
+        }
+        Ok(guard)
     }
     fn write(&self) -> RwLockWriteGuard<'_, ()> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
+        self.0.lock.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -625,7 +639,7 @@ impl Snapshots {
     /// already stale. `n` tells builds of the same state apart.
     pub(crate) fn capture(&self, n: u64) -> Result<Captured, StoreError> {
         let snap = {
-            let _shared = self.gate.read();
+            let _shared = self.gate.read()?;
             self.db.snapshot()
         };
         let get_meta = |key: &[u8]| snap.get_cf(cf(&self.db, CF_SM_META), key);
@@ -819,8 +833,13 @@ impl Snapshots {
             return Err(e);
         }
         let _exclusive = self.gate.write();
-        // On failure the marker and the file stay: open redoes the install.
-        self.ingest(&inst)
+        // Set until the ingest succeeds, so a failure (or a panic) leaves
+        // the state closed to readers; the marker and the file stay, and
+        // open redoes the install.
+        self.gate.0.broken.store(true, Ordering::Release);
+        self.ingest(&inst)?;
+        self.gate.0.broken.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Writes the marked install's pairs and finishes it; safe to repeat.
