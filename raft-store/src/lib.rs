@@ -28,7 +28,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use log_store::LogStore;
 pub use snapshot::{
-    verify_received, FormatError, Header as SnapshotHeader, MAGIC as SNAPSHOT_MAGIC, SNAPSHOT_DIR,
+    verify_received, FormatError, MAGIC as SNAPSHOT_MAGIC, SNAPSHOT_DIR,
     VERSION as SNAPSHOT_VERSION,
 };
 pub use state_machine::{StateMachine, StateMachineMetrics};
