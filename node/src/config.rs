@@ -45,6 +45,8 @@ pub struct Config {
     /// Log entries kept behind the snapshot before purging, so a briefly
     /// lagging follower catches up from the log rather than a snapshot.
     pub keep_logs: u64,
+    /// Bytes per message of a snapshot sent to a lagging follower.
+    pub snapshot_chunk_bytes: usize,
     /// Largest pm3 key, in bytes.
     pub max_key_bytes: usize,
     /// Largest value, in bytes of compact JSON.
@@ -90,6 +92,7 @@ impl Default for Config {
             election_timeout_max_ms: 1000,
             snapshot_logs: 10_000,
             keep_logs: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             write_timeout_ms: 5_000,
@@ -142,6 +145,14 @@ impl Config {
         }
         if self.snapshot_logs == 0 {
             bail!("snapshot-logs must be > 0");
+        }
+        if self.snapshot_chunk_bytes == 0
+            || self.snapshot_chunk_bytes > crate::network::MAX_MESSAGE_BYTES / 2
+        {
+            bail!(
+                "snapshot-chunk-bytes must be > 0 and at most {} (half an inter-node message)",
+                crate::network::MAX_MESSAGE_BYTES / 2
+            );
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             bail!("max-key-bytes and max-value-bytes must be > 0");
@@ -272,6 +283,10 @@ pub struct ServeArgs {
     /// lagging follower catches up from the log. [default: 1000]
     #[arg(long, env = "RAFTMESH_KEEP_LOGS")]
     pub keep_logs: Option<u64>,
+    /// Bytes per message when streaming a snapshot to a lagging follower.
+    /// [default: 1048576]
+    #[arg(long, env = "RAFTMESH_SNAPSHOT_CHUNK_BYTES")]
+    pub snapshot_chunk_bytes: Option<usize>,
     /// Longest pm3 key, in bytes. [default: 1024]
     #[arg(long, env = "RAFTMESH_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
@@ -347,6 +362,7 @@ impl ServeArgs {
             election_timeout_max_ms,
             snapshot_logs,
             keep_logs,
+            snapshot_chunk_bytes,
             max_key_bytes,
             max_value_bytes,
             write_timeout_ms,
@@ -440,6 +456,7 @@ mod tests {
             format!("[default: {}]", d.election_timeout_max_ms),
             format!("[default: {}]", d.snapshot_logs),
             format!("[default: {}]", d.keep_logs),
+            format!("[default: {}]", d.snapshot_chunk_bytes),
             format!("[default: {}]", d.max_key_bytes),
             format!("[default: {}]", d.max_value_bytes),
             format!("[default: {}]", d.write_timeout_ms),

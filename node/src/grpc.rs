@@ -1,6 +1,5 @@
 //! The server side of inter-node gRPC: `RaftService`.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::{Snapshot, SnapshotMeta, Vote};
@@ -13,6 +12,7 @@ use raftmesh_proto::{
     ClusterError, ForwardOp, ForwardReplyBody, NodeId, NodeInfo, CLUSTER_ID_HEADER,
 };
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -107,7 +107,9 @@ impl RaftService for Service {
         self.node.note_append_received();
         let mut stream = req.into_inner();
         let mut header: Option<(Vote<NodeId>, SnapshotMeta<NodeId, NodeInfo>)> = None;
-        let mut data = Vec::new();
+        // The state machine's receiving file, opened once the header came.
+        let mut file: Option<tokio::fs::File> = None;
+        let (mut chunks, mut bytes) = (0u64, 0u64);
         let mut done = false;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -116,21 +118,55 @@ impl RaftService for Service {
                     serde_json::from_slice(&chunk.header)
                         .map_err(|e| bad_request("snapshot header", e))?,
                 );
+                let f = self
+                    .node
+                    .raft
+                    .begin_receiving_snapshot()
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!("cannot receive a snapshot now: {e}"))
+                    })?;
+                file = Some(*f);
             }
-            data.extend_from_slice(&chunk.data);
+            let f = file.as_mut().expect("opened with the header");
+            f.write_all(&chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("writing a received snapshot: {e}")))?;
+            chunks += 1;
+            bytes += chunk.data.len() as u64;
             if chunk.done {
                 done = true;
                 break;
             }
         }
-        let (Some((vote, meta)), true) = (header, done) else {
+        let (Some((vote, meta)), Some(mut file), true) = (header, file, done) else {
             return Err(Status::aborted(
                 "snapshot stream ended before its last chunk",
             ));
         };
+        file.flush()
+            .await
+            .map_err(|e| Status::internal(format!("writing a received snapshot: {e}")))?;
+        // Refused here, a body this node cannot read (another format
+        // version, corrupt, not the snapshot the header names) is an error
+        // the sender logs; handed to openraft, its install would fail as a
+        // fatal storage error.
+        let file = raftmesh_raft_store::verify_received(file, &meta)
+            .await
+            .map_err(|e| {
+                tracing::warn!("refused snapshot {} from the leader: {e}", meta.snapshot_id);
+                Status::invalid_argument(format!(
+                    "node {} refused snapshot {}: {e}",
+                    self.node.id, meta.snapshot_id
+                ))
+            })?;
+        tracing::info!(
+            "received snapshot {} ({bytes} bytes in {chunks} chunks)",
+            meta.snapshot_id
+        );
         let snapshot = Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         };
         payload(self.node.raft.install_full_snapshot(vote, snapshot).await)
     }

@@ -15,19 +15,22 @@ use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{Snapshot, Vote};
+use openraft::{Snapshot, StorageIOError, Vote};
 use raftmesh_proto::pb::raft_service_client::RaftServiceClient;
 use raftmesh_proto::pb::{self, RaftPayload, SnapshotChunk};
 use raftmesh_proto::{NodeId, NodeInfo, TypeConfig, CLUSTER_ID_HEADER};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::io::SeekFrom;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::classify::{self, Delivery};
 use crate::identity::Identity;
 
-/// Snapshot bytes per streamed chunk.
-const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Snapshot bytes per streamed chunk when openraft names no size (it always
+/// passes its `snapshot_max_chunk_size`).
+const DEFAULT_SNAPSHOT_CHUNK: usize = 1 << 20;
 /// HTTP/2 flow-control windows for inter-node channels (both ends).
 pub const H2_STREAM_WINDOW: u32 = 8 << 20;
 pub const H2_CONNECTION_WINDOW: u32 = 32 << 20;
@@ -153,6 +156,18 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
+/// The state of one snapshot send: the file and how far it was read.
+struct ChunkReader {
+    file: tokio::fs::File,
+    /// Vote and metadata, sent in the first chunk only.
+    header: Option<Vec<u8>>,
+    sent: u64,
+    len: u64,
+    finished: bool,
+    /// A read failure, reported instead of the receiver's "stream ended".
+    failed: Arc<Mutex<Option<std::io::Error>>>,
+}
+
 /// openraft's view of one peer.
 pub struct PeerNetwork {
     target: NodeId,
@@ -254,8 +269,11 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         .await
     }
 
-    /// Streams the snapshot in chunks over one client-streaming call; the
-    /// receiver installs it only after the last chunk arrived.
+    /// Streams the snapshot file in chunks of openraft's
+    /// `snapshot_max_chunk_size` over one client-streaming call, reading
+    /// one chunk at a time as the stream is polled (h2 flow control paces
+    /// it), so the body is never in memory whole. The first chunk carries
+    /// the vote and metadata; the receiver installs only after the last.
     async fn full_snapshot(
         &mut self,
         vote: Vote<NodeId>,
@@ -263,27 +281,57 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let signature = snapshot.meta.signature();
+        let read_err = |e: std::io::Error| {
+            StreamingError::StorageError(
+                StorageIOError::read_snapshot(Some(signature.clone()), &e).into(),
+            )
+        };
         let header = encode(&(vote, snapshot.meta.clone()));
-        let data = snapshot.snapshot.into_inner();
-        let mut chunks: Vec<SnapshotChunk> = data
-            .chunks(SNAPSHOT_CHUNK)
-            .map(|c| SnapshotChunk {
-                header: Vec::new(),
-                data: c.to_vec(),
-                done: false,
-            })
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(SnapshotChunk::default());
-        }
-        chunks[0].header = header;
-        chunks.last_mut().expect("non-empty").done = true;
+        let chunk_size = option
+            .snapshot_chunk_size()
+            .unwrap_or(DEFAULT_SNAPSHOT_CHUNK)
+            .max(1) as u64;
+        let mut file = *snapshot.snapshot;
+        file.seek(SeekFrom::Start(0)).await.map_err(read_err)?;
+        let len = file.metadata().await.map_err(read_err)?.len();
+        let failed: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+        let chunks = futures::stream::unfold(
+            ChunkReader {
+                file,
+                header: Some(header),
+                sent: 0,
+                len,
+                finished: false,
+                failed: failed.clone(),
+            },
+            move |mut r| async move {
+                if r.finished {
+                    return None;
+                }
+                let n = chunk_size.min(r.len - r.sent);
+                let mut data = vec![0; n as usize];
+                if let Err(e) = r.file.read_exact(&mut data).await {
+                    // Ends the stream without `done`: the receiver discards it.
+                    *r.failed.lock().expect("poisoned") = Some(e);
+                    return None;
+                }
+                r.sent += n;
+                r.finished = r.sent == r.len;
+                let chunk = SnapshotChunk {
+                    header: r.header.take().unwrap_or_default(),
+                    data,
+                    done: r.finished,
+                };
+                Some((chunk, r))
+            },
+        );
 
         let mut client = self
             .channels
             .client(&self.addr)
             .map_err(|s| StreamingError::Unreachable(Unreachable::new(&s)))?;
-        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        let mut request = tonic::Request::new(chunks);
         request.set_timeout(option.hard_ttl().max(Duration::from_secs(30)));
         stamp(&mut request, &self.identity);
         let send = client.install_snapshot(request);
@@ -291,6 +339,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => r,
         };
+        if let Some(e) = failed.lock().expect("poisoned").take() {
+            return Err(read_err(e));
+        }
         let reply = reply
             .map_err(|s| {
                 if classify::delivery(&s) == Delivery::NotSent {

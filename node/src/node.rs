@@ -98,6 +98,7 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
             max_in_snapshot_log_to_keep: cfg.keep_logs,
             install_snapshot_timeout: 30_000,
+            snapshot_max_chunk_size: cfg.snapshot_chunk_bytes as u64,
             // Entries per AppendEntries, so the largest entries still fit in
             // one gRPC message.
             max_payload_entries: (network::MAX_MESSAGE_BYTES / cfg.max_entry_bytes).clamp(1, 300)

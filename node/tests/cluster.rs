@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
+use raftmesh_raft_store::{SNAPSHOT_DIR, SNAPSHOT_MAGIC};
 use serde_json::{json, Value};
 
 fn followers(c: &Cluster, leader: NodeId) -> Vec<NodeId> {
@@ -314,15 +315,25 @@ async fn full_cluster_restart_preserves_data_and_revisions() {
     );
 }
 
-/// 4. A follower that missed purged logs catches up through a snapshot.
+/// 4. A follower that missed purged logs catches up through a snapshot,
+///    streamed from the leader's snapshot file in many small chunks into a
+///    file of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn stopped_follower_catches_up_from_snapshot() {
+    const CHUNK: u64 = 1024;
     let mut c = Cluster::start(ClusterOpts {
         nodes: 3,
-        extra_args: ["--snapshot-logs", "20", "--keep-logs", "5"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        extra_args: [
+            "--snapshot-logs",
+            "20",
+            "--keep-logs",
+            "5",
+            "--snapshot-chunk-bytes",
+            &CHUNK.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
         ..Default::default()
     })
     .await;
@@ -392,6 +403,20 @@ async fn stopped_follower_catches_up_from_snapshot() {
              but reports last_snapshot_index {other:?}: {vs}"
         ),
     }
+    // The installed snapshot is one version 2 file, several chunks long.
+    let dir = c.node(victim).data_dir().join("db").join(SNAPSHOT_DIR);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one stored snapshot file: {files:?}");
+    let body = std::fs::read(&files[0]).unwrap();
+    assert!(body.starts_with(&SNAPSHOT_MAGIC), "{}", files[0].display());
+    assert!(
+        body.len() as u64 > 4 * CHUNK,
+        "snapshot of {} bytes fits in few {CHUNK}-byte chunks",
+        body.len()
+    );
     // It is a working member again: a linearizable read through it.
     let rev = c.put_ok(leader, "t4/end", json!("end")).await;
     let (r, _) = c.get(victim, "t4/end", false).await;

@@ -27,6 +27,7 @@ use rocksdb::DB;
 use tokio::sync::broadcast;
 
 use crate::apply::journal::{meta_key, record_key, record_prefix, JournalMeta};
+use crate::snapshot::StateGate;
 use crate::{cf, StoreError, CF_SM};
 
 /// Journal records read per page of a replay.
@@ -55,6 +56,8 @@ pub enum FeedError {
 /// Shared by the state machine (which publishes) and readers.
 pub struct Feed {
     db: Arc<DB>,
+    /// Journal reads share it with snapshot installs.
+    gate: StateGate,
     tx: broadcast::Sender<Item>,
     /// The last index published (or installed): "now" for a subscription
     /// without a start.
@@ -62,10 +65,11 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub(crate) fn new(db: Arc<DB>, capacity: usize, applied: u64) -> Arc<Feed> {
+    pub(crate) fn new(db: Arc<DB>, gate: StateGate, capacity: usize, applied: u64) -> Arc<Feed> {
         let (tx, _) = broadcast::channel(capacity.max(1));
         Arc::new(Feed {
             db,
+            gate,
             tx,
             applied: AtomicU64::new(applied),
         })
@@ -96,6 +100,7 @@ impl Feed {
 
     /// The oldest index from which `domain`'s history is whole.
     pub fn oldest(&self, domain: Domain) -> Result<u64, StoreError> {
+        let _shared = self.gate.read()?;
         Ok(self.meta(&self.db.snapshot(), domain)?.complete_from)
     }
 
@@ -150,6 +155,7 @@ impl Feed {
         from: u64,
         limit: usize,
     ) -> Result<Vec<AppliedEntry>, FeedError> {
+        let _shared = self.gate.read()?;
         let snap = self.db.snapshot();
         let m = self.meta(&snap, domain)?;
         if from < m.complete_from {

@@ -18,6 +18,7 @@ pub mod feed;
 mod kv;
 mod log_store;
 mod machine_read;
+mod snapshot;
 mod state_machine;
 
 use std::path::Path;
@@ -30,6 +31,10 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 pub use feed::{AppliedEntry, End, Feed, FeedError, Next, Subscription};
 pub use log_store::LogStore;
 pub use machine_read::InstancePage;
+pub use snapshot::{
+    verify_received, FormatError, MAGIC as SNAPSHOT_MAGIC, SNAPSHOT_DIR,
+    VERSION as SNAPSHOT_VERSION,
+};
 pub use state_machine::{StateMachine, StateMachineMetrics};
 
 /// Raft log entries, keyed by big-endian index so iteration is in log order.
@@ -37,7 +42,7 @@ const CF_LOGS: &str = "logs";
 /// Vote, committed log id, last purged log id.
 const CF_RAFT_META: &str = "raft_meta";
 /// Replicated state; every key starts with its table's prefix, so
-/// snapshots dump and install one column family:
+/// snapshots dump and install this one column family, every key in it:
 ///
 /// | prefix | table |
 /// |---|---|
@@ -46,7 +51,8 @@ const CF_RAFT_META: &str = "raft_meta";
 /// | `j/` | the journal: `j/<domain>/<seq>` → an entry's events ([`apply::journal`]) |
 /// | `m/` | the state's own metadata: `m/time` the apply clock, `m/journal/<domain>`, `m/settings/…` cluster-wide settings |
 const CF_SM: &str = "sm";
-/// last_applied, membership, and the current snapshot.
+/// last_applied, membership, the current snapshot's meta and file name,
+/// and the marker of an install in progress.
 const CF_SM_META: &str = "sm_meta";
 
 /// Failures of this crate.
@@ -62,6 +68,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("snapshot at {incoming} is older than the current snapshot at {current}")]
     StaleSnapshot { incoming: String, current: String },
+    #[error(transparent)]
+    Snapshot(#[from] FormatError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("a storage task stopped: {0}")]
+    Stopped(String),
 }
 
 impl StoreError {
@@ -98,9 +113,11 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, StoreReader), StoreEr
 /// Opens (or creates) the store in `dir` and returns the two openraft halves
 /// and a reader for local queries; all share one RocksDB handle.
 ///
-/// Fails with [`StoreError::Corrupt`] if the state machine is behind the
-/// log's purge point, and drops a stored snapshot behind it so openraft
-/// rebuilds one as it starts.
+/// Snapshot files live in `dir/snapshots/` ([`SNAPSHOT_DIR`]); opening
+/// finishes a snapshot install a crash interrupted and converts a release
+/// 0.1 snapshot to a file. Fails with [`StoreError::Corrupt`] if the state
+/// machine is behind the log's purge point, and drops a stored snapshot
+/// behind it so openraft rebuilds one as it starts.
 pub fn open_with(
     dir: &Path,
     options: &StoreOptions,
@@ -112,11 +129,12 @@ pub fn open_with(
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-    let sm = StateMachine::new(db.clone(), options)?;
+    let sm = StateMachine::new(db.clone(), dir, options)?;
     sm.check_purge_point(log_store::last_purged(&db)?)?;
     let reader = StoreReader {
         db: db.clone(),
         feed: sm.feed(),
+        gate: sm.gate(),
     };
     Ok((LogStore::new(db), sm, reader))
 }
@@ -128,10 +146,14 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 
 /// Read-only access to the applied state, for serving reads locally. Reads see
 /// whole apply batches: apply writes data and `last_applied` atomically.
+/// A snapshot install writes in several batches, so every read holds the
+/// install gate shared and never sees a half-installed state.
 #[derive(Clone)]
 pub struct StoreReader {
     db: Arc<DB>,
     feed: Arc<Feed>,
+    /// Shared with snapshot installs: a read never sees a half-installed state.
+    gate: snapshot::StateGate,
 }
 
 impl StoreReader {
@@ -150,6 +172,7 @@ impl StoreReader {
         &self,
         domain: raftmesh_proto::Domain,
     ) -> Result<(apply::journal::JournalMeta, raftmesh_proto::Retention), StoreError> {
+        let _shared = self.gate.read()?;
         let txn = apply::Txn::new(&self.db);
         Ok((
             apply::journal::meta(&txn, domain)?,
@@ -159,6 +182,7 @@ impl StoreReader {
 
     /// The pm3 KV record of `key`, if live.
     pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        let _shared = self.gate.read()?;
         let raw = self.db.get_cf(cf(&self.db, CF_SM), kv::data_key(key))?;
         raw.map(|v| kv::decode(&v)).transpose()
     }
@@ -183,6 +207,7 @@ impl StoreReader {
             _ => start.clone(),
         };
         let mut out = Vec::new();
+        let _shared = self.gate.read()?;
         let iter = self.db.iterator_cf(
             cf(&self.db, CF_SM),
             rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),

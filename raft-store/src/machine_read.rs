@@ -17,6 +17,7 @@ impl StoreReader {
         machine: &str,
         version: u32,
     ) -> Result<Option<MachineRecord>, StoreError> {
+        let _shared = self.gate.read()?;
         self.db
             .get_cf(cf(&self.db, CF_SM), machine_key(machine, version))?
             .map(|v| serde_json::from_slice(&v).map_err(StoreError::from))
@@ -25,6 +26,7 @@ impl StoreReader {
 
     /// Every machine with its versions, ascending; at most `limit` machines.
     pub fn machine_list(&self, limit: usize) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        let _shared = self.gate.read()?;
         let mut out: Vec<(String, Vec<u32>)> = Vec::new();
         let iter = self.db.iterator_cf(
             cf(&self.db, CF_SM),
@@ -60,6 +62,7 @@ impl StoreReader {
     }
 
     pub fn instance_get(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        let _shared = self.gate.read()?;
         self.db
             .get_cf(cf(&self.db, CF_SM), instance_key(id))?
             .map(|v| serde_json::from_slice(&v).map_err(StoreError::from))
@@ -75,6 +78,7 @@ impl StoreReader {
         limit: usize,
         offset: usize,
     ) -> Result<InstancePage, StoreError> {
+        let _shared = self.gate.read()?;
         let snap = self.db.snapshot();
         let sm = cf(&self.db, CF_SM);
         let total = match snap.get_cf(sm, count_key(machine, state))? {

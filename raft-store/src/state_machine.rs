@@ -1,9 +1,9 @@
-//! The replicated state machine in RocksDB (openraft `RaftStateMachine`),
-//! and snapshots of it.
+//! The replicated state machine in RocksDB (openraft `RaftStateMachine`).
+//! Snapshots are built, stored and installed by [`crate::snapshot`]; this
+//! is the openraft glue that calls it.
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -11,21 +11,16 @@ use openraft::{
     StoredMembership,
 };
 use raftmesh_proto::{ApplyResult, NodeId, NodeInfo, TypeConfig};
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, DB};
 use serde::Deserialize;
 
 use crate::apply::{self, journal, Txn};
 use crate::feed::{AppliedEntry, Feed};
+use crate::snapshot::{self, blocking, Captured, Snapshots, StateGate};
 use crate::{cf, StoreError, StoreOptions, CF_SM, CF_SM_META};
 
-const KEY_LAST_APPLIED: &[u8] = b"last_applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
-const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
-const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
-
-/// Upper bound for delete_range over the whole `sm` family: every data key
-/// starts with an ASCII namespace prefix, so it sorts below 0xff.
-const SM_KEY_END: &[u8] = &[0xff; 8];
+pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
 
 type Membership = StoredMembership<NodeId, NodeInfo>;
 
@@ -37,104 +32,50 @@ pub struct StateMachineMetrics {
     pub snapshots_installed: AtomicU64,
 }
 
-/// Held around every read-compare-write of the stored snapshot. openraft
-/// runs a build on its own task while the state machine task may install a
-/// snapshot; RocksDB has no compare-and-set, so without this a build could
-/// read "nothing newer stored", lose the CPU to an install, and then
-/// overwrite the installed snapshot with an older one.
-#[derive(Clone, Default)]
-struct SaveLock(Arc<Mutex<()>>);
-
-impl SaveLock {
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        // The mutex guards no data, so a panic while holding it leaves
-        // nothing inconsistent behind.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Whether a snapshot at `last_log_id` may replace the stored one: only if
-/// it is strictly newer by `LogId` order, the order openraft's engine uses
-/// to pick its current snapshot (it ignores one `<=` its own), so the stored
-/// snapshot and the engine's view never disagree. An equal log id means the
-/// same committed state, so keeping the stored copy loses nothing.
-fn supersedes(
-    last_log_id: &Option<LogId<NodeId>>,
-    stored: Option<&SnapshotMeta<NodeId, NodeInfo>>,
-) -> bool {
-    stored.is_none_or(|s| *last_log_id > s.last_log_id)
-}
-
-fn show(id: &Option<LogId<NodeId>>) -> String {
-    id.map_or_else(|| "none".into(), |l| format!("index {} ({l})", l.index))
-}
-
 /// State machine; owned by openraft after `Raft::new`.
 pub struct StateMachine {
     db: Arc<DB>,
     metrics: Arc<StateMachineMetrics>,
-    save_lock: SaveLock,
+    snapshots: Arc<Snapshots>,
     feed: Arc<Feed>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(db: Arc<DB>, options: &StoreOptions) -> Result<Self, StoreError> {
-        let applied: Option<LogId<NodeId>> = read_meta(&db, KEY_LAST_APPLIED)?;
+    /// `dir` is the RocksDB directory; snapshot files live in its
+    /// `snapshots/` subdirectory, which this also recovers (an interrupted
+    /// install, a release 0.1 snapshot, leftover files).
+    pub(crate) fn new(
+        db: Arc<DB>,
+        dir: &std::path::Path,
+        options: &StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let snapshots = Arc::new(Snapshots::open(db.clone(), dir)?);
+        let applied: Option<LogId<NodeId>> = snapshot::read_meta(&db, KEY_LAST_APPLIED)?;
         let applied = applied.map_or(0, |l| l.index);
         start_journals(&db, applied)?;
         Ok(Self {
-            feed: Feed::new(db.clone(), options.feed_capacity, applied),
+            feed: Feed::new(db.clone(), snapshots.gate(), options.feed_capacity, applied),
             db,
             metrics: Arc::default(),
-            save_lock: SaveLock::default(),
+            snapshots,
         })
+    }
+
+    /// See [`Snapshots::check_purge_point`].
+    pub(crate) fn check_purge_point(
+        &self,
+        last_purged: Option<LogId<NodeId>>,
+    ) -> Result<(), StoreError> {
+        self.snapshots.check_purge_point(last_purged)
     }
 
     pub(crate) fn feed(&self) -> Arc<Feed> {
         self.feed.clone()
     }
 
-    /// Run at open, before openraft reads the store. The log is only purged
-    /// up to a stored snapshot, so a snapshot behind the purge point was
-    /// left by a build that overwrote a newer install (before saves were
-    /// monotonic). It cannot serve a lagging follower, whose missing entries
-    /// after it are gone, and openraft expects `purged <= snapshot`. The
-    /// state itself is sound if it is at or past the purge point, so the
-    /// stale snapshot is dropped and openraft rebuilds one from the current
-    /// state as it starts (it builds when the log is purged but there is no
-    /// snapshot, `StorageHelper::get_initial_state`). A state behind the
-    /// purge point needs entries that are gone: nothing local can repair it.
-    pub(crate) fn check_purge_point(
-        &self,
-        last_purged: Option<LogId<NodeId>>,
-    ) -> Result<(), StoreError> {
-        if last_purged.is_none() {
-            return Ok(());
-        }
-        let applied: Option<LogId<NodeId>> = self.meta(KEY_LAST_APPLIED)?;
-        if applied < last_purged {
-            return Err(StoreError::Corrupt(format!(
-                "the log is purged up to {} but the state machine is applied only up to {}; \
-                 the entries in between are gone",
-                show(&last_purged),
-                show(&applied),
-            )));
-        }
-        let _guard = self.save_lock.lock();
-        let stored: Option<SnapshotMeta<NodeId, NodeInfo>> = self.meta(KEY_SNAPSHOT_META)?;
-        if let Some(s) = stored.filter(|s| s.last_log_id < last_purged) {
-            tracing::warn!(
-                snapshot = %show(&s.last_log_id),
-                purged = %show(&last_purged),
-                "stored snapshot is older than the log's purge point; dropping it to be rebuilt"
-            );
-            let mut batch = WriteBatch::default();
-            let m = cf(&self.db, CF_SM_META);
-            batch.delete_cf(m, KEY_SNAPSHOT_META);
-            batch.delete_cf(m, KEY_SNAPSHOT_DATA);
-            self.db.write_opt(batch, &synced())?;
-        }
-        Ok(())
+    /// Readers of the state share this with snapshot installs.
+    pub(crate) fn gate(&self) -> StateGate {
+        self.snapshots.gate()
     }
 
     /// Shared counters, readable while openraft owns the state machine.
@@ -143,21 +84,29 @@ impl StateMachine {
     }
 
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        read_meta(&self.db, key)
+        snapshot::read_meta(&self.db, key)
     }
 }
 
-/// A state applied by a release without journals (0.1) has history
-/// nobody recorded: its journals start after what it applied, so a watch
-/// from earlier is told the history is gone rather than shown nothing.
+/// Marks a state written by a release with journals; absent in 0.1's.
+const FORMAT_KEY: &[u8] = b"m/format";
+const FORMAT: u64 = 2;
+
+/// A state applied by release 0.1 (no `m/format`) has KV history nobody
+/// journaled: its KV journal starts after what it applied, so a watch from
+/// earlier is told the history is gone rather than shown nothing. A fresh
+/// state is marked at once, before anything applies; snapshots carry the
+/// mark, so only an upgraded 0.1 state takes this path. (Domains newer than
+/// 0.1 had no events before, so their journals are whole from the start.)
 fn start_journals(db: &DB, applied: u64) -> Result<(), StoreError> {
-    if applied == 0 {
+    let sm = cf(db, CF_SM);
+    if db.get_cf(sm, FORMAT_KEY)?.is_some() {
         return Ok(());
     }
-    let sm = cf(db, CF_SM);
     let mut batch = WriteBatch::default();
-    for d in raftmesh_proto::Domain::JOURNALED {
-        let key = journal::meta_key(d);
+    batch.put_cf(sm, FORMAT_KEY, FORMAT.to_be_bytes());
+    if applied > 0 {
+        let key = journal::meta_key(raftmesh_proto::Domain::Kv);
         if db.get_cf(sm, &key)?.is_none() {
             let m = journal::JournalMeta {
                 complete_from: applied + 1,
@@ -166,82 +115,24 @@ fn start_journals(db: &DB, applied: u64) -> Result<(), StoreError> {
             batch.put_cf(sm, key, m.encode());
         }
     }
-    if !batch.is_empty() {
-        db.write_opt(batch, &synced())?;
-    }
-    Ok(())
-}
-
-/// Callers hold the [`SaveLock`] and have checked [`supersedes`].
-fn put_snapshot(
-    db: &DB,
-    batch: &mut WriteBatch,
-    meta: &SnapshotMeta<NodeId, NodeInfo>,
-    data: &[u8],
-) -> Result<(), StoreError> {
-    let m = cf(db, CF_SM_META);
-    batch.put_cf(m, KEY_SNAPSHOT_META, serde_json::to_vec(meta)?);
-    batch.put_cf(m, KEY_SNAPSHOT_DATA, data);
-    Ok(())
-}
-
-fn read_meta<T: for<'de> Deserialize<'de>>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
-    let raw = db.get_cf(cf(db, CF_SM_META), key)?;
-    Ok(raw.map(|v| serde_json::from_slice(&v)).transpose()?)
-}
-
-fn synced() -> WriteOptions {
-    let mut w = WriteOptions::default();
+    let mut w = rocksdb::WriteOptions::default();
     w.set_sync(true);
-    w
+    db.write_opt(batch, &w)?;
+    Ok(())
 }
 
-/// Snapshot body: length-prefixed (key, value) pairs of the `sm` family,
-/// preceded by nothing else; the metadata travels beside it.
-fn push_pair(out: &mut Vec<u8>, k: &[u8], v: &[u8]) {
-    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-    out.extend_from_slice(k);
-    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-    out.extend_from_slice(v);
-}
-
-/// One (key, value) pair of a snapshot body, borrowed from it.
-type Pair<'a> = (&'a [u8], &'a [u8]);
-
-fn read_pairs(mut data: &[u8]) -> Result<Vec<Pair<'_>>, StoreError> {
-    fn take<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
-        if data.len() < 4 {
-            return Err(StoreError::Corrupt("snapshot truncated (length)".into()));
-        }
-        let n = u32::from_be_bytes(data[..4].try_into().expect("4 bytes")) as usize;
-        if data.len() < 4 + n {
-            return Err(StoreError::Corrupt("snapshot truncated (body)".into()));
-        }
-        let item = &data[4..4 + n];
-        *data = &data[4 + n..];
-        Ok(item)
+fn open_snapshot(meta: SnapshotMeta<NodeId, NodeInfo>, f: std::fs::File) -> Snapshot<TypeConfig> {
+    Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(f)),
     }
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        let k = take(&mut data)?;
-        let v = take(&mut data)?;
-        out.push((k, v));
-    }
-    Ok(out)
 }
 
-/// Builds a snapshot from a RocksDB point-in-time snapshot, so applies may
-/// continue while it is written out.
+/// Builds a snapshot file from a RocksDB point-in-time snapshot, so applies
+/// may continue while it is written out.
 pub struct SnapshotBuilder {
-    db: Arc<DB>,
     metrics: Arc<StateMachineMetrics>,
-    save_lock: SaveLock,
-}
-
-/// A snapshot read from one point-in-time view, not yet stored as current.
-pub(crate) struct Captured {
-    meta: SnapshotMeta<NodeId, NodeInfo>,
-    data: Vec<u8>,
+    snapshots: Arc<Snapshots>,
 }
 
 impl SnapshotBuilder {
@@ -252,83 +143,28 @@ impl SnapshotBuilder {
         self.save(captured)
     }
 
-    /// Reads `last_applied`, membership and the whole `sm` family from one
-    /// RocksDB snapshot, so the three agree with each other even if applies
-    /// or a snapshot install change the live state meanwhile: the result is
-    /// the state exactly as of `last_applied`, possibly already stale.
+    /// See [`Snapshots::capture`].
     pub(crate) fn capture(&self) -> Result<Captured, StoreError> {
-        let snap = self.db.snapshot();
-        let get_meta = |key: &[u8]| snap.get_cf(cf(&self.db, CF_SM_META), key);
-        let last_applied: Option<LogId<NodeId>> = get_meta(KEY_LAST_APPLIED)?
-            .map(|v| serde_json::from_slice(&v))
-            .transpose()?;
-        let membership: Membership = get_meta(KEY_MEMBERSHIP)?
-            .map(|v| serde_json::from_slice(&v))
-            .transpose()?
-            .unwrap_or_default();
-        let mut data = Vec::new();
-        for item in snap.iterator_cf(cf(&self.db, CF_SM), rocksdb::IteratorMode::Start) {
-            let (k, v) = item?;
-            push_pair(&mut data, &k, &v);
-        }
         let n = self.metrics.snapshots_built.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match &last_applied {
-            Some(l) => format!(
-                "{}-{}-{}-{n}",
-                l.leader_id.term, l.leader_id.node_id, l.index
-            ),
-            None => format!("0-0-0-{n}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        Ok(Captured { meta, data })
+        self.snapshots.capture(n)
     }
 
-    /// Stores a captured snapshot as the current one unless a newer one is
-    /// stored by now (an install from the leader overtook this build).
-    ///
-    /// Either way the captured snapshot is returned. openraft keeps only its
-    /// metadata (`core/sm/worker.rs`, `Worker::build_snapshot`) and hands it
-    /// to `Engine::finish_building_snapshot`, whose
-    /// `SnapshotHandler::update_snapshot` drops a snapshot `<=` the one it
-    /// already has; the engine took the installed snapshot's metadata before
-    /// the install reached us (`FollowingHandler::install_full_snapshot`),
-    /// so a lost build neither moves its snapshot state nor triggers a purge.
-    /// Returning the stored snapshot instead would be just as ignored, and
-    /// cost a read of its whole body. (At startup openraft does use the
-    /// result as its snapshot, `StorageHelper::get_initial_state`, but
-    /// nothing installs concurrently there, so it is the stored one.)
+    /// See [`Snapshots::save`].
     pub(crate) fn save(&self, captured: Captured) -> Result<Snapshot<TypeConfig>, StoreError> {
-        let Captured { meta, data } = captured;
-        {
-            let _guard = self.save_lock.lock();
-            let stored: Option<SnapshotMeta<NodeId, NodeInfo>> =
-                read_meta(&self.db, KEY_SNAPSHOT_META)?;
-            if supersedes(&meta.last_log_id, stored.as_ref()) {
-                let mut batch = WriteBatch::default();
-                put_snapshot(&self.db, &mut batch, &meta, &data)?;
-                self.db.write_opt(batch, &synced())?;
-            } else {
-                tracing::info!(
-                    built = %show(&meta.last_log_id),
-                    stored = %show(&stored.and_then(|s| s.last_log_id)),
-                    "built snapshot is not newer than the stored one; keeping the stored one"
-                );
-            }
-        }
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        let (meta, f) = self.snapshots.save(captured)?;
+        Ok(open_snapshot(meta, f))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        self.build().map_err(StoreError::write)
+        let this = SnapshotBuilder {
+            metrics: self.metrics.clone(),
+            snapshots: self.snapshots.clone(),
+        };
+        blocking(move || this.build())
+            .await
+            .map_err(StoreError::write)
     }
 }
 
@@ -413,64 +249,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
             metrics: self.metrics.clone(),
-            save_lock: self.save_lock.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
+    /// A fresh unnamed file in the snapshot directory; see
+    /// [`Snapshots::receiving_file`].
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let snapshots = self.snapshots.clone();
+        let f = blocking(move || snapshots.receiving_file())
+            .await
+            .map_err(StoreError::write)?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
-    /// Replaces the whole state with the snapshot in one synced batch: the
-    /// old data is range-deleted and the new data, `last_applied`,
-    /// membership and the snapshot itself are written atomically.
-    ///
-    /// Refuses a snapshot older than the stored one: the stored snapshot is
-    /// at most `last_applied`, and openraft only installs snapshots newer
-    /// than what it has committed, so this would be a bug that moves the
-    /// state backwards.
+    /// Replaces the whole state with the snapshot, crash-safely; refuses
+    /// one older than the stored snapshot. See [`Snapshots::install`].
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
-        let data = snapshot.into_inner();
-        let install = || -> Result<(), StoreError> {
-            let _guard = self.save_lock.lock();
-            let stored: Option<SnapshotMeta<NodeId, NodeInfo>> = self.meta(KEY_SNAPSHOT_META)?;
-            if let Some(s) = &stored {
-                if s.last_log_id > meta.last_log_id {
-                    return Err(StoreError::StaleSnapshot {
-                        incoming: show(&meta.last_log_id),
-                        current: show(&s.last_log_id),
-                    });
-                }
-            }
-            let mut batch = WriteBatch::default();
-            let sm = cf(&self.db, CF_SM);
-            batch.delete_range_cf(sm, &[][..], SM_KEY_END);
-            for (k, v) in read_pairs(&data)? {
-                batch.put_cf(sm, k, v);
-            }
-            let m = cf(&self.db, CF_SM_META);
-            batch.put_cf(m, KEY_LAST_APPLIED, serde_json::to_vec(&meta.last_log_id)?);
-            batch.put_cf(
-                m,
-                KEY_MEMBERSHIP,
-                serde_json::to_vec(&meta.last_membership)?,
-            );
-            if supersedes(&meta.last_log_id, stored.as_ref()) {
-                put_snapshot(&self.db, &mut batch, meta, &data)?;
-            }
-            self.db.write_opt(batch, &synced())?;
-            Ok(())
-        };
-        install().map_err(|e| e.write())?;
-        self.feed.reset(meta.last_log_id.map_or(0, |l| l.index));
+        let body = snapshot.into_std().await;
+        let (snapshots, meta) = (self.snapshots.clone(), meta.clone());
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        blocking(move || snapshots.install(&meta, body))
+            .await
+            .map_err(|e| e.write())?;
+        // Subscribers replay from the installed state's journal.
+        self.feed.reset(index);
         self.metrics
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
@@ -480,20 +290,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let read = || -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-            let Some(meta) = self.meta::<SnapshotMeta<NodeId, NodeInfo>>(KEY_SNAPSHOT_META)? else {
-                return Ok(None);
-            };
-            let data = self
-                .db
-                .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT_DATA)?
-                .ok_or_else(|| StoreError::Corrupt("snapshot meta without data".into()))?;
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
-        };
-        read().map_err(StoreError::read)
+        let snapshots = self.snapshots.clone();
+        let current = blocking(move || snapshots.current())
+            .await
+            .map_err(StoreError::read)?;
+        Ok(current.map(|(meta, f)| open_snapshot(meta, f)))
     }
 }
 
@@ -531,6 +332,14 @@ mod tests {
         s.meta.last_log_id.expect("non-empty snapshot").index
     }
 
+    async fn body(s: Snapshot<TypeConfig>) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let mut f = s.snapshot;
+        f.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
     #[tokio::test]
     async fn a_build_finishing_after_a_newer_install_keeps_the_installed_snapshot() {
         // The leader's snapshot at 10, to be installed on the follower.
@@ -543,7 +352,7 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
-        let newer_data = newer.snapshot.get_ref().clone();
+        let newer_data = body(leader.get_current_snapshot().await.unwrap().unwrap()).await;
 
         let dir = TempDir::new().unwrap();
         {
@@ -552,7 +361,7 @@ mod tests {
             let builder = sm.get_snapshot_builder().await;
             let captured = builder.capture().unwrap();
 
-            sm.install_snapshot(&newer.meta, Box::new(Cursor::new(newer_data.clone())))
+            sm.install_snapshot(&newer.meta, newer.snapshot)
                 .await
                 .unwrap();
             // openraft purges the log up to an installed snapshot.
@@ -564,7 +373,7 @@ mod tests {
             let cur = sm.get_current_snapshot().await.unwrap().unwrap();
             assert_eq!(index(&cur), 10);
             assert_eq!(cur.meta, newer.meta);
-            assert_eq!(cur.snapshot.into_inner(), newer_data);
+            assert_eq!(body(cur).await, newer_data);
             // The live state is the installed one; the build did not touch it.
             assert_eq!(reader.kv_scan("", None, usize::MAX).unwrap().0.len(), 10);
         }
@@ -572,7 +381,7 @@ mod tests {
         let (_log, mut sm, _reader) = open(dir.path()).unwrap();
         let cur = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(cur.meta, newer.meta);
-        assert_eq!(cur.snapshot.into_inner(), newer_data);
+        assert_eq!(body(cur).await, newer_data);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.unwrap().index, 10);
     }

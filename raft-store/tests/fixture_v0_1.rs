@@ -9,7 +9,7 @@ use std::process::Command;
 use openraft::storage::{RaftLogStorage, RaftStateMachine, StorageHelper};
 use openraft::{EntryPayload, RaftLogReader};
 use raftmesh_proto::{Cmd, KvCmd, KvEntry, NodeId};
-use raftmesh_raft_store::{open, StoreReader};
+use raftmesh_raft_store::{open, StoreReader, SNAPSHOT_DIR, SNAPSHOT_MAGIC};
 use serde::Deserialize;
 use tempfile::TempDir;
 
@@ -232,6 +232,14 @@ async fn each_v0_1_snapshot_plus_its_log_tail_rebuilds_the_state() {
         );
         let (_, membership) = sm.applied_state().await.unwrap();
         assert_eq!(snap.meta.last_membership, membership, "node {id}");
+        // Opening converted 0.1's in-RocksDB body to today's snapshot file.
+        let files: Vec<_> = std::fs::read_dir(fx.db(node).join(SNAPSHOT_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "node {id}: {files:?}");
+        let body = std::fs::read(&files[0]).unwrap();
+        assert!(body.starts_with(&SNAPSHOT_MAGIC), "node {id}");
 
         // Install it where a lagging follower would: today's code decodes the
         // body, and the entries after it replay to the state 0.1 served.

@@ -1,10 +1,11 @@
 //! Apply semantics and snapshots on a real RocksDB directory.
 
-use openraft::storage::{RaftLogStorage, RaftStateMachine, StorageHelper};
+use openraft::storage::{RaftLogStorage, RaftStateMachine, Snapshot, StorageHelper};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use raftmesh_proto::{ApplyResult, Cmd, KvCmd, KvResult, LogEntry, TypeConfig};
 use raftmesh_raft_store::{open, StoreError};
 use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
 
 fn entry(index: u64, cmd: Cmd) -> Entry<TypeConfig> {
     Entry {
@@ -186,6 +187,14 @@ async fn a_batch_applies_in_order_at_one_revision() {
     );
 }
 
+/// A snapshot's whole body, read from its file.
+async fn body(s: Snapshot<TypeConfig>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut f = s.snapshot;
+    f.read_to_end(&mut out).await.unwrap();
+    out
+}
+
 fn puts(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
     range
         .map(|i| entry(i, put(&format!("k{i:03}"), &i.to_string(), None)))
@@ -206,14 +215,15 @@ async fn a_newer_build_replaces_the_stored_snapshot_and_an_equal_one_does_not() 
         let new = builder.build_snapshot().await.unwrap();
         let cur = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(cur.meta, new.meta);
-        assert_eq!(cur.snapshot.into_inner(), new.snapshot.into_inner());
+        let new_meta = new.meta.clone();
+        assert_eq!(body(cur).await, body(new).await);
 
         // Same last_log_id, same state: the stored copy stays.
         let again = builder.build_snapshot().await.unwrap();
-        assert_eq!(again.meta.last_log_id, new.meta.last_log_id);
-        assert_ne!(again.meta.snapshot_id, new.meta.snapshot_id);
+        assert_eq!(again.meta.last_log_id, new_meta.last_log_id);
+        assert_ne!(again.meta.snapshot_id, new_meta.snapshot_id);
         let cur = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(cur.meta, new.meta);
+        assert_eq!(cur.meta, new_meta);
     }
     let (_log, mut sm, _reader) = open(dir.path()).unwrap();
     let cur = sm.get_current_snapshot().await.unwrap().unwrap();
