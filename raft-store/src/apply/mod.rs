@@ -3,6 +3,7 @@
 //! reads only the entry (its index, its leader-stamped time, its command)
 //! and the state; never a clock, randomness or local config.
 
+pub mod guard;
 pub mod journal;
 pub mod kv;
 pub mod txn;
