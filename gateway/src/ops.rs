@@ -31,6 +31,33 @@ pub(crate) fn settings_routes<B: Replicate + Subscribe>() -> Router<AppState<B>>
             "/cluster/settings/retention/{domain}",
             axum::routing::put(set_retention::<B>),
         )
+        .route(
+            "/cluster/settings/allow-flush-all",
+            axum::routing::put(set_allow_flush_all::<B>),
+        )
+}
+
+#[derive(Deserialize)]
+struct AllowBody {
+    allow: bool,
+}
+
+/// `PUT /cluster/settings/allow-flush-all` `{"allow": true}`: whether
+/// rstmdb's FLUSH_ALL may clear every machine and instance, cluster-wide.
+async fn set_allow_flush_all<B: Replicate>(
+    State(st): State<AppState<B>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, GatewayError> {
+    let body = body.map_err(|e| body_error(e, &st.cfg))?;
+    let req: AllowBody = json::parse_body(&body, r#"{"allow": true|false}"#)?;
+    let out = st
+        .backend
+        .write(Cmd::Settings(SettingsCmd::AllowFlushAll(req.allow)))
+        .await?;
+    Ok(with_index(
+        json_response(format!(r#"{{"revision":{}}}"#, out.index)),
+        Some(out.index),
+    ))
 }
 
 fn journaled(name: &str) -> Result<Domain, GatewayError> {

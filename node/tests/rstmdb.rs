@@ -354,3 +354,41 @@ async fn auth_is_required_when_tokens_are_configured() {
     let e = bad.connect().await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::AuthFailed), "{e}");
 }
+
+/// FLUSH_ALL is refused until the cluster-wide setting allows it; then it
+/// is one replicated entry that clears every node alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn flush_all_waits_for_the_cluster_setting() {
+    let c = start_cluster(3).await.unwrap();
+    let cl = client(&c, 1, None).await;
+    cl.put_machine("order", 1, serde_json::from_str(ORDER).unwrap())
+        .await
+        .unwrap();
+    cl.create_instance("order", 1, Some("f-1"), None, None)
+        .await
+        .unwrap();
+    let e = cl.flush_all().await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest), "{e}");
+    assert!(e.to_string().contains("allow_flush_all"), "{e}");
+    let r = reqwest::Client::new()
+        .put(format!("{}/cluster/settings/allow-flush-all", c.url(2)))
+        .body(r#"{"allow": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = cl.flush_all().await.unwrap();
+    assert_eq!(r["flushed"], true, "{r}");
+    assert_eq!(
+        (
+            r["instances_removed"].as_u64(),
+            r["machines_removed"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    for id in [1, 2, 3] {
+        let ci = client(&c, id, None).await;
+        let e = ci.get_instance("f-1").await.unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::InstanceNotFound), "node {id}");
+    }
+}
