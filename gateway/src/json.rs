@@ -5,7 +5,9 @@
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde::de::{Deserialize, DeserializeOwned, Deserializer};
+use serde::de::{
+    Deserialize, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
@@ -60,8 +62,63 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
 /// `deserialize_with` for optional raw fields: a present `null` becomes
 /// `Some("null")` (it is a value, e.g. CAS `expected: null` means "absent"),
 /// while a missing field stays `None` via `#[serde(default)]`.
+///
+/// A raw value only has to be JSON text (numbers of any size, any depth),
+/// but apply reads stored values as `serde_json::Value` (CAS compares
+/// them) and reads what it cannot parse as `null`: a stored `1e400` would
+/// match `expected: null`. So a value is refused unless `Value` accepts it.
 pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
+    let raw = Box::<RawValue>::deserialize(d)?;
+    serde_json::from_str::<Readable>(raw.get()).map_err(|e| {
+        serde::de::Error::custom(format_args!(
+            "a value this store cannot read back as JSON ({e})"
+        ))
+    })?;
+    Ok(Some(raw))
+}
+
+/// Accepts exactly what `serde_json::Value` accepts (numbers within `f64`,
+/// nesting within serde_json's depth limit) without building it.
+struct Readable;
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Readable)
+    }
+}
+
+impl<'de> Visitor<'de> for Readable {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_unit<E>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        while map.next_entry::<IgnoredAny, Readable>()?.is_some() {}
+        Ok(Readable)
+    }
 }
 
 fn is_json_space(c: char) -> bool {
@@ -179,6 +236,32 @@ mod tests {
         );
         assert_eq!(prettify("7"), "7");
         assert_eq!(prettify("[ ]"), "[]");
+    }
+
+    /// Values apply could not read back (it would compare them as `null`)
+    /// are refused; the largest and deepest ones it reads are kept.
+    #[test]
+    fn raw_values_must_be_readable() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "present")]
+            value: Option<Box<RawValue>>,
+        }
+        let parse = |v: &str| parse_body::<Body>(format!(r#"{{"value": {v}}}"#).as_bytes(), "");
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for bad in ["1e400".to_string(), "-1e309".into(), deep(129)] {
+            let err = parse(&bad).err().expect("refused").to_string();
+            assert!(err.contains("cannot read back"), "{err}");
+        }
+        for good in ["1e300", "18446744073709551616", r#"{"a":[null,"\u00e9"]}"#] {
+            assert_eq!(parse(good).unwrap().value.unwrap().get(), good);
+        }
+        // The same depth limit as `Value` (the store's reader).
+        for n in 120..135 {
+            let readable = serde_json::from_str::<serde_json::Value>(&deep(n)).is_ok();
+            assert_eq!(parse(&deep(n)).is_ok(), readable, "depth {n}");
+        }
+        assert!(parse_body::<Body>(b"{}", "").unwrap().value.is_none());
     }
 
     #[test]

@@ -20,6 +20,8 @@ use axum::Router;
 mod access;
 mod conn;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 mod layers;
 pub mod metrics;

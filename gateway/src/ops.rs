@@ -23,6 +23,8 @@ use crate::pm3::body_error;
 use crate::seam::{ClusterOps, Replicate, Subscribe};
 use crate::AppState;
 
+pub(crate) mod fuzzing;
+
 /// Cluster-wide settings: replicated state, so written through the log.
 pub(crate) fn settings_routes<B: Replicate + Subscribe>() -> Router<AppState<B>> {
     Router::new()

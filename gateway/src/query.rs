@@ -33,6 +33,11 @@ impl QueryParams {
         QueryParams(pairs)
     }
 
+    /// Every decoded pair (for the fuzz targets' round trip).
+    pub(crate) fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
     /// The first value of `name`, if present (`""` for a bare `?name`).
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0

@@ -99,7 +99,16 @@ pub fn convert_entry(e: openraft::Entry<V01Types>) -> openraft::Entry<TypeConfig
             time_ms: n.time_ms,
             cmd: n.cmd.into(),
         }),
-        openraft::EntryPayload::Membership(m) => openraft::EntryPayload::Membership(m),
+        // Rebuilt as the binary codec builds it, so every voter has a node
+        // (openraft unwraps a voter's node when it replicates to it).
+        openraft::EntryPayload::Membership(m) => {
+            let nodes: std::collections::BTreeMap<_, _> =
+                m.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            openraft::EntryPayload::Membership(openraft::Membership::new(
+                m.get_joint_config().clone(),
+                nodes,
+            ))
+        }
     };
     openraft::Entry {
         log_id: e.log_id,
@@ -183,6 +192,18 @@ mod tests {
             decode_entry(blank).unwrap().payload,
             openraft::EntryPayload::Blank
         ));
+    }
+
+    /// A membership whose voter has no node (0.1 never wrote one) reads as
+    /// the binary codec reads it: the voter gets an empty node.
+    #[test]
+    fn a_voter_without_a_node_gets_one() {
+        let m = br#"{"log_id":{"leader_id":{"term":0,"node_id":0},"index":0},"payload":{"Membership":{"configs":[[1,2]],"nodes":{"1":{"grpc_addr":"a:1","http_addr":"a:2"}}}}}"#;
+        let openraft::EntryPayload::Membership(m) = decode_entry(m).unwrap().payload else {
+            panic!("membership expected")
+        };
+        assert_eq!(m.get_node(&2), Some(&NodeInfo::default()));
+        assert_eq!(m.get_node(&1).unwrap().grpc_addr, "a:1");
     }
 
     /// A 0.1 leader's AppendEntries (openraft's request with 0.1 entries,

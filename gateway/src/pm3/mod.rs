@@ -21,6 +21,7 @@ use crate::query::QueryParams;
 use crate::seam::{Backend, KvRead, Replicate};
 use crate::{AppState, GatewayConfig};
 
+pub(crate) mod fuzzing;
 mod watch;
 
 pub(crate) fn routes<B: Backend>(cfg: &GatewayConfig) -> Router<AppState<B>> {
