@@ -251,6 +251,7 @@ async fn add_learner<B: ClusterOps>(
     let node = NodeInfo {
         grpc_addr: req.grpc_addr,
         http_addr: req.http_addr,
+        ..NodeInfo::default()
     };
     let out = st
         .backend

@@ -15,8 +15,9 @@ use raftmesh_gateway::seam::{
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody, Instance,
-    InstancePage, KvEntry, LeaderHint, MachineView, MemberProgress, NodeId, NodeInfo, TypeConfig,
+    version_or_legacy, ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody,
+    Instance, InstancePage, KvEntry, LeaderHint, MachineView, MemberProgress, NodeId, NodeInfo,
+    TypeConfig, FEATURE_VERSION,
 };
 use raftmesh_raft_store::{FeedError, StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
@@ -150,6 +151,7 @@ impl Node {
         NodeInfo {
             grpc_addr: self.cfg.grpc_advertised(),
             http_addr: self.cfg.http_advertised(),
+            version: FEATURE_VERSION,
         }
     }
 
@@ -168,6 +170,7 @@ impl Node {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             membership_index: m.membership_config.log_id().map(|l| l.index),
+            version: FEATURE_VERSION,
         }
     }
 
@@ -236,6 +239,7 @@ impl Node {
                             NodeInfo {
                                 grpc_addr: addr.clone(),
                                 http_addr: s.http_addr,
+                                version: version_or_legacy(s.version),
                             },
                         );
                     }
@@ -246,6 +250,7 @@ impl Node {
                             NodeInfo {
                                 grpc_addr: addr.clone(),
                                 http_addr: String::new(),
+                                version: FEATURE_VERSION,
                             },
                         );
                     }
@@ -483,16 +488,21 @@ impl Node {
             )));
         };
         let hint = self.hint(leader);
-        // Writes travel in the binary codec; other ops are small JSON.
+        // Writes travel in the binary codec, with the version they need;
+        // other ops are small JSON.
         let mut req = ForwardRequest {
             hops: hops + 1,
             ..Default::default()
         };
         match op {
-            ForwardOp::Write { cmd } => req.cmd = raftmesh_proto::codec::encode_cmd(cmd),
+            ForwardOp::Write { cmd } => {
+                req.cmd = raftmesh_proto::codec::encode_cmd(cmd);
+                req.cmd_version = cmd.required_version();
+            }
             ForwardOp::WriteSeq { cmds, order } => {
                 req.cmds = cmds.iter().map(raftmesh_proto::codec::encode_cmd).collect();
                 req.order = order.clone();
+                req.cmd_version = cmds.iter().map(Cmd::required_version).max().unwrap_or(0);
             }
             other => {
                 req.op =
