@@ -9,7 +9,7 @@ use raftmesh_proto::pb::{
     StatusRequest,
 };
 use raftmesh_proto::{
-    ClusterError, ForwardOp, ForwardReplyBody, NodeId, NodeInfo, CLUSTER_ID_HEADER,
+    ClusterError, ForwardOp, ForwardReplyBody, NodeId, NodeInfo, CLUSTER_ID_HEADER, FEATURE_VERSION,
 };
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -177,6 +177,20 @@ impl RaftService for Service {
     ) -> Result<Response<ForwardReply>, Status> {
         self.admit(req.metadata())?;
         let req = req.into_inner();
+        if req.cmd_version > FEATURE_VERSION {
+            // A newer node's write: this node cannot even decode it.
+            let id = self.node.id;
+            let result: Result<ForwardReplyBody, _> = Err(ClusterError::rejected(format!(
+                "node {id} supports version {FEATURE_VERSION}; this write needs version {} — \
+                 upgrade node {id} first; nothing was proposed",
+                req.cmd_version
+            )));
+            let bytes = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+            return Ok(Response::new(ForwardReply {
+                result: bytes,
+                ..Default::default()
+            }));
+        }
         // An op this node cannot decode (another version's, or garbage) was
         // not acted on: say so as data, so the sender knows a retry is safe.
         let op = if !req.cmd.is_empty() {
