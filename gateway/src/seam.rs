@@ -69,6 +69,9 @@ pub struct ClusterStatus {
     /// Set when this node learned it is no longer a member; it then no
     /// longer campaigns and should be stopped.
     pub removed: Option<RemovedStatus>,
+    /// Set when this node stopped serving (it met an entry it cannot
+    /// decode, or Raft stopped on a fatal error): why, and what to do.
+    pub halted: Option<String>,
 }
 
 /// Why a node considers itself removed.

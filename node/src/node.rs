@@ -82,6 +82,8 @@ pub(crate) struct Node {
     write_batcher: Arc<WriteBatcher>,
     /// The versions members advertised lately (leader side, version gate).
     live_versions: LiveVersions,
+    /// Why this node stopped serving, once it did (see [`Node::halt`]).
+    halted: watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -155,6 +157,7 @@ impl Node {
             leader_changes: AtomicU64::new(0),
             sm_metrics,
             live_versions: LiveVersions::default(),
+            halted: watch::channel(None).0,
         }))
     }
 
@@ -164,6 +167,33 @@ impl Node {
             http_addr: self.cfg.http_advertised(),
             version: self.cfg.advertised_version,
         }
+    }
+
+    /// Stops this node serving for good: it met something it must not go
+    /// past (an entry it cannot decode, a fatal Raft error). Logs why, stops
+    /// campaigning and refuses every request with the reason; `server::run`
+    /// then exits the process with it. The first reason is kept.
+    pub fn halt(&self, reason: String) {
+        let first = self.halted.send_if_modified(|h| {
+            if h.is_some() {
+                return false;
+            }
+            *h = Some(reason.clone());
+            true
+        });
+        if first {
+            self.raft.runtime_config().elect(false);
+            tracing::error!("node {} stops: {reason}", self.id);
+        }
+    }
+
+    /// Why this node stopped serving, if it did.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.borrow().clone()
+    }
+
+    pub fn watch_halted(&self) -> watch::Receiver<Option<String>> {
+        self.halted.subscribe()
     }
 
     pub async fn status_reply(&self) -> StatusReply {
@@ -299,6 +329,7 @@ impl Node {
     /// notices when this node is no longer a member.
     pub async fn watch_state(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
+        self.check_running(&metrics.borrow());
         let mut last_leader = metrics.borrow().current_leader;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut membership_tick = tokio::time::interval(Duration::from_secs(1));
@@ -311,6 +342,7 @@ impl Node {
                     self.refresh_versions().await;
                 }
                 r = metrics.changed() => {
+                    self.check_running(&metrics.borrow());
                     if r.is_err() { return; }
                     let leader = metrics.borrow().current_leader;
                     if leader != last_leader {
@@ -321,6 +353,16 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// Raft stops on a fatal error (a storage error: an entry in the log
+    /// this build cannot decode, a failed disk); the node then serves
+    /// nothing and stops with the reason.
+    fn check_running(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
+        match &m.running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
+            Err(e) => self.halt(format!("Raft stopped on a fatal error: {e}")),
         }
     }
 
@@ -563,6 +605,12 @@ impl Node {
     /// be leader), within `leader_wait_ms`; an ambiguous outcome is returned
     /// as `Unknown` and never retried.
     pub async fn route(&self, op: ForwardOp, hops: u32) -> Result<ForwardReplyBody, ClusterError> {
+        if let Some(reason) = self.halted() {
+            return Err(ClusterError::not_ready(format!(
+                "node {} stopped serving: {reason}",
+                self.id
+            )));
+        }
         let wait = Duration::from_millis(self.cfg.leader_wait_ms);
         let deadline = Instant::now() + wait;
         let mut hops = hops;
@@ -1161,6 +1209,7 @@ impl ClusterOps for Node {
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
             cluster_id: self.identity.cluster_id().map(str::to_owned),
             removed: self.removed.lock().expect("removed flag").clone(),
+            halted: self.halted(),
         }
     }
 
@@ -1172,6 +1221,7 @@ impl ClusterOps for Node {
             && m.running_state.is_ok()
             && applied_plus1 >= self.committed_plus1.load(Ordering::Relaxed)
             && self.removed.lock().expect("removed flag").is_none()
+            && self.halted.borrow().is_none()
     }
 
     fn raft_metrics_text(&self) -> String {

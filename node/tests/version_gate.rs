@@ -1,9 +1,13 @@
 //! Rolling upgrades: the leader refuses writes a member is too old to
 //! decode, learns when that member was upgraded, and records it in the
-//! membership.
+//! membership; a node that meets an entry it cannot decode stops, naming it.
+
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{Cluster, ClusterOpts};
+use openraft::storage::RaftLogStorage as _;
 use raftmesh_node::testing::{start_cluster_with, TestCluster};
 use raftmesh_proto::NodeId;
 use serde_json::{json, Value};
@@ -159,4 +163,51 @@ async fn writes_wait_for_the_oldest_member_then_its_upgrade_is_recorded() {
         "{body}"
     );
     c.shutdown().await;
+}
+
+/// A node whose log holds an entry of a newer format (as a newer release
+/// would have written it) does not start: the process exits non-zero and
+/// says which entry, which version this build supports, and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_meeting_a_newer_entry_exits_naming_it() {
+    let mut c = Cluster::start(ClusterOpts {
+        nodes: 1,
+        processes: true,
+        ..Default::default()
+    })
+    .await;
+    c.put_ok(1, "gate-x", json!(1)).await;
+    let status = c.terminate(1).await;
+    assert!(status.success(), "clean stop: {status}");
+
+    let db = c.node(1).data_dir().join("db");
+    let next = {
+        let (mut log, _sm, _reader) = raftmesh_raft_store::open(&db).unwrap();
+        let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
+        let next = last.index + 1;
+        log.put_raw_entry(next, &[0x03, 0x0a, 0x00]).unwrap();
+        next
+    };
+
+    c.spawn(1).await;
+    let deadline = Instant::now() + TIMEOUT;
+    let exit = loop {
+        let child = c.node_mut(1).child.as_mut().unwrap();
+        if let Some(st) = child.try_wait().unwrap() {
+            c.node_mut(1).child = None;
+            break st;
+        }
+        assert!(Instant::now() < deadline, "node 1 kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!exit.success(), "{exit}");
+    // The whole log: the lines that matter are long.
+    let log = std::fs::read_to_string(c.node(1).log_path()).unwrap();
+    for want in [
+        format!("log entry {next}: entry format version 3"),
+        format!("supports up to version {}", raftmesh_proto::FEATURE_VERSION),
+        "upgrade this node".to_string(),
+    ] {
+        assert!(log.contains(&want), "log lacks {want:?}:\n{log}");
+    }
 }
