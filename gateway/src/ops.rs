@@ -178,6 +178,8 @@ struct Peer<'a> {
     leader: bool,
     /// Replication progress as the leader sees it; `null` elsewhere.
     matched_index: Option<u64>,
+    /// Feature version, as its membership entry records it.
+    version: u32,
 }
 
 async fn peers<B: ClusterOps>(State(st): State<AppState<B>>) -> Result<Response, GatewayError> {
@@ -192,6 +194,7 @@ async fn peers<B: ClusterOps>(State(st): State<AppState<B>>) -> Result<Response,
             voter: m.voter,
             leader: status.leader == Some(m.node_id),
             matched_index: m.matched_index,
+            version: m.version,
         })
         .collect();
     to_json(&peers)
@@ -250,9 +253,11 @@ async fn add_learner<B: ClusterOps>(
             "grpc_addr must not be empty".into(),
         ));
     }
+    // The leader records the version the node itself advertises.
     let node = NodeInfo {
         grpc_addr: req.grpc_addr,
         http_addr: req.http_addr,
+        ..NodeInfo::default()
     };
     let out = st
         .backend

@@ -42,12 +42,16 @@ pub struct MemberStatus {
     pub voter: bool,
     /// Highest log index known replicated to it (leader only).
     pub matched_index: Option<u64>,
+    /// The feature version its membership entry records.
+    pub version: u32,
 }
 
 /// Everything `/cluster` shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClusterStatus {
     pub id: NodeId,
+    /// The feature version this node advertises.
+    pub version: u32,
     pub role: String,
     pub term: u64,
     pub leader: Option<NodeId>,
@@ -65,6 +69,9 @@ pub struct ClusterStatus {
     /// Set when this node learned it is no longer a member; it then no
     /// longer campaigns and should be stopped.
     pub removed: Option<RemovedStatus>,
+    /// Set when this node stopped serving (it met an entry it cannot
+    /// decode, or Raft stopped on a fatal error): why, and what to do.
+    pub halted: Option<String>,
 }
 
 /// Why a node considers itself removed.

@@ -75,6 +75,10 @@ pub struct Config {
     pub rstmdb_token_file: Option<PathBuf>,
     /// Largest rstmdb frame payload.
     pub rstmdb_max_frame_bytes: usize,
+    /// The feature version this node advertises. For upgrade testing only:
+    /// a lower value makes the node pose as an older release, so the
+    /// leader's version gate can be exercised without old binaries.
+    pub advertised_version: u32,
 }
 
 impl Default for Config {
@@ -105,6 +109,7 @@ impl Default for Config {
             rstmdb_token_hashes: Vec::new(),
             rstmdb_token_file: None,
             rstmdb_max_frame_bytes: 16 << 20,
+            advertised_version: raftmesh_proto::FEATURE_VERSION,
         }
     }
 }
@@ -182,6 +187,14 @@ impl Config {
             bail!(
                 "max-entry-bytes may be at most {} (one inter-node message)",
                 crate::network::MAX_MESSAGE_BYTES
+            );
+        }
+        // More than the build supports would let a leader propose entries
+        // this node cannot decode.
+        if !(1..=raftmesh_proto::FEATURE_VERSION).contains(&self.advertised_version) {
+            bail!(
+                "advertised-version must be between 1 and {} (this build's feature version)",
+                raftmesh_proto::FEATURE_VERSION
             );
         }
         let peers = self.peer_map()?;
@@ -334,6 +347,10 @@ pub struct ServeArgs {
     /// Largest rstmdb frame payload, bytes. [default: 16777216]
     #[arg(long, env = "RAFTMESH_RSTMDB_MAX_FRAME_BYTES")]
     pub rstmdb_max_frame_bytes: Option<usize>,
+    /// For upgrade testing only: advertise this feature version instead of
+    /// the build's, posing as an older release.
+    #[arg(long, env = "RAFTMESH_ADVERTISED_VERSION", hide = true)]
+    pub advertised_version: Option<u32>,
 }
 
 impl ServeArgs {
@@ -372,7 +389,8 @@ impl ServeArgs {
             max_list_keys,
             feed_buffer,
             rstmdb_addr,
-            rstmdb_max_frame_bytes
+            rstmdb_max_frame_bytes,
+            advertised_version
         );
         if self.rstmdb_token_file.is_some() {
             c.rstmdb_token_file = self.rstmdb_token_file.clone();
@@ -436,6 +454,11 @@ mod tests {
         assert!(bad(|c| c.peers = vec!["2=x:1".into()]).contains("not this node"));
         assert!(bad(|c| c.peers = vec!["1-x:1".into()]).contains("ID=HOST:PORT"));
         assert!(bad(|c| c.election_timeout_max_ms = 10).contains("election"));
+        assert!(
+            bad(|c| c.advertised_version = raftmesh_proto::FEATURE_VERSION + 1)
+                .contains("advertised-version")
+        );
+        assert!(bad(|c| c.advertised_version = 0).contains("advertised-version"));
     }
 
     /// `serve --help` states every default, and states it truly.

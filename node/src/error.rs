@@ -43,6 +43,10 @@ pub enum NodeError {
     /// openraft refused to start.
     #[error("starting Raft: {0}")]
     Raft(String),
+    /// The node stopped serving: it cannot go on (an entry it cannot
+    /// decode, a fatal Raft error); the reason says what to do.
+    #[error("node stopped: {0}")]
+    Halted(String),
     /// An admin request (`raftmesh cluster …`) failed or was refused.
     #[error("{0}")]
     Request(String),

@@ -9,7 +9,7 @@ use raftmesh_proto::pb::{
     StatusRequest,
 };
 use raftmesh_proto::{
-    ClusterError, ForwardOp, ForwardReplyBody, NodeId, NodeInfo, CLUSTER_ID_HEADER,
+    ClusterError, ForwardOp, ForwardReplyBody, NodeId, NodeInfo, CLUSTER_ID_HEADER, FEATURE_VERSION,
 };
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -28,9 +28,7 @@ impl Service {
     /// leader's first RPC). Requests without the header come from nodes of
     /// a cluster formed before cluster ids existed.
     fn admit(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        if self.node.is_isolated() {
-            return Err(Status::unavailable("this node is isolated"));
-        }
+        self.serving()?;
         let Some(theirs) = meta.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()) else {
             return Ok(());
         };
@@ -45,6 +43,22 @@ impl Service {
                 Err(Status::failed_precondition(e.to_string()))
             }
         }
+    }
+}
+
+impl Service {
+    /// Refuses everything while isolated (tests) or once the node stopped.
+    fn serving(&self) -> Result<(), Status> {
+        if self.node.is_isolated() {
+            return Err(Status::unavailable("this node is isolated"));
+        }
+        if let Some(reason) = self.node.halted() {
+            return Err(Status::unavailable(format!(
+                "node {} stopped serving: {reason}",
+                self.node.id
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -94,8 +108,19 @@ impl RaftService for Service {
     async fn append(&self, req: Request<AppendRequest>) -> Result<Response<RaftPayload>, Status> {
         self.admit(req.metadata())?;
         self.node.note_append_received();
-        let rpc = raftmesh_proto::codec::decode_append(req.into_inner())
-            .map_err(|e| bad_request("append request", e))?;
+        let rpc = raftmesh_proto::codec::decode_append(req.into_inner()).map_err(|e| {
+            if e.needs_upgrade() {
+                // The leader will send this entry again and again: this
+                // node cannot follow the cluster until it is upgraded.
+                self.node.halt(format!(
+                    "node {} cannot decode what the leader sent: {e}",
+                    self.node.id
+                ));
+                Status::failed_precondition(e.to_string())
+            } else {
+                bad_request("append request", e)
+            }
+        })?;
         payload(self.node.raft.append_entries(rpc).await)
     }
 
@@ -177,6 +202,20 @@ impl RaftService for Service {
     ) -> Result<Response<ForwardReply>, Status> {
         self.admit(req.metadata())?;
         let req = req.into_inner();
+        if req.cmd_version > FEATURE_VERSION {
+            // A newer node's write: this node cannot even decode it.
+            let id = self.node.id;
+            let result: Result<ForwardReplyBody, _> = Err(ClusterError::rejected(format!(
+                "node {id} supports version {FEATURE_VERSION}; this write needs version {} — \
+                 upgrade node {id} first; nothing was proposed",
+                req.cmd_version
+            )));
+            let bytes = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+            return Ok(Response::new(ForwardReply {
+                result: bytes,
+                ..Default::default()
+            }));
+        }
         // An op this node cannot decode (another version's, or garbage) was
         // not acted on: say so as data, so the sender knows a retry is safe.
         let op = if !req.cmd.is_empty() {
@@ -231,9 +270,7 @@ impl RaftService for Service {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        if self.node.is_isolated() {
-            return Err(Status::unavailable("this node is isolated"));
-        }
+        self.serving()?;
         Ok(Response::new(self.node.status_reply().await))
     }
 }

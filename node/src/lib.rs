@@ -21,6 +21,7 @@ mod node;
 mod read_index;
 pub mod server;
 pub mod testing;
+mod version_gate;
 mod write_batch;
 
 pub use config::{Config, ServeArgs};

@@ -15,8 +15,9 @@ use raftmesh_gateway::seam::{
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
-    ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody, Instance,
-    InstancePage, KvEntry, LeaderHint, MachineView, MemberProgress, NodeId, NodeInfo, TypeConfig,
+    version_or_legacy, ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody,
+    Instance, InstancePage, KvEntry, LeaderHint, MachineView, MemberProgress, NodeId, NodeInfo,
+    TypeConfig,
 };
 use raftmesh_raft_store::{FeedError, StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
@@ -28,6 +29,7 @@ use crate::error::NodeError;
 use crate::identity::{self, Identity};
 use crate::network::{self, Channels, Contacts, NetworkFactory};
 use crate::read_index::ReadIndexBatcher;
+use crate::version_gate::{self, LiveVersions};
 use crate::write_batch::{Limits, WriteBatcher};
 
 /// Forwarding crosses at most this many nodes, so a request cannot loop
@@ -42,6 +44,13 @@ const PROGRESS_POLL: Duration = Duration::from_millis(200);
 const DEMOTION_WAIT: Duration = Duration::from_secs(10);
 /// How long the add-learner probe waits for the new node's `Status`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the leader waits for a member's `Status` when learning versions.
+const VERSION_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A write the version gate would refuse asks the members that look too
+/// old again, unless they answered within this.
+const VERSION_REPROBE_AFTER: Duration = Duration::from_secs(1);
+/// How long recording a member's new version in the membership may take.
+const VERSION_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Node {
     pub id: NodeId,
@@ -71,6 +80,10 @@ pub(crate) struct Node {
     read_batcher: Arc<ReadIndexBatcher>,
     /// Packs concurrent writes into one log entry.
     write_batcher: Arc<WriteBatcher>,
+    /// The versions members advertised lately (leader side, version gate).
+    live_versions: LiveVersions,
+    /// Why this node stopped serving, once it did (see [`Node::halt`]).
+    halted: watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -143,6 +156,8 @@ impl Node {
             committed_plus1: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
             sm_metrics,
+            live_versions: LiveVersions::default(),
+            halted: watch::channel(None).0,
         }))
     }
 
@@ -150,7 +165,35 @@ impl Node {
         NodeInfo {
             grpc_addr: self.cfg.grpc_advertised(),
             http_addr: self.cfg.http_advertised(),
+            version: self.cfg.advertised_version,
         }
+    }
+
+    /// Stops this node serving for good: it met something it must not go
+    /// past (an entry it cannot decode, a fatal Raft error). Logs why, stops
+    /// campaigning and refuses every request with the reason; `server::run`
+    /// then exits the process with it. The first reason is kept.
+    pub fn halt(&self, reason: String) {
+        let first = self.halted.send_if_modified(|h| {
+            if h.is_some() {
+                return false;
+            }
+            *h = Some(reason.clone());
+            true
+        });
+        if first {
+            self.raft.runtime_config().elect(false);
+            tracing::error!("node {} stops: {reason}", self.id);
+        }
+    }
+
+    /// Why this node stopped serving, if it did.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.borrow().clone()
+    }
+
+    pub fn watch_halted(&self) -> watch::Receiver<Option<String>> {
+        self.halted.subscribe()
     }
 
     pub async fn status_reply(&self) -> StatusReply {
@@ -168,6 +211,7 @@ impl Node {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             membership_index: m.membership_config.log_id().map(|l| l.index),
+            version: self.cfg.advertised_version,
         }
     }
 
@@ -236,16 +280,22 @@ impl Node {
                             NodeInfo {
                                 grpc_addr: addr.clone(),
                                 http_addr: s.http_addr,
+                                version: version_or_legacy(s.version),
                             },
                         );
                     }
                     Err(e) => {
                         tracing::debug!("peer {id} at {addr} not answering yet: {}", e.message());
+                        // A node that cannot follow a cluster this build
+                        // forms (0.1 has no Append) never joins it; assume
+                        // this build's version until it answers (the leader
+                        // then records what it advertises).
                         members.insert(
                             id,
                             NodeInfo {
                                 grpc_addr: addr.clone(),
                                 http_addr: String::new(),
+                                version: self.cfg.advertised_version,
                             },
                         );
                     }
@@ -279,6 +329,7 @@ impl Node {
     /// notices when this node is no longer a member.
     pub async fn watch_state(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
+        self.check_running(&metrics.borrow());
         let mut last_leader = metrics.borrow().current_leader;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut membership_tick = tokio::time::interval(Duration::from_secs(1));
@@ -286,8 +337,12 @@ impl Node {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => self.refresh_committed().await,
-                _ = membership_tick.tick() => self.check_membership().await,
+                _ = membership_tick.tick() => {
+                    self.check_membership().await;
+                    self.refresh_versions().await;
+                }
                 r = metrics.changed() => {
+                    self.check_running(&metrics.borrow());
                     if r.is_err() { return; }
                     let leader = metrics.borrow().current_leader;
                     if leader != last_leader {
@@ -298,6 +353,133 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// Raft stops on a fatal error (a storage error: an entry in the log
+    /// this build cannot decode, a failed disk); the node then serves
+    /// nothing and stops with the reason.
+    fn check_running(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
+        match &m.running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
+            Err(e) => self.halt(format!("Raft stopped on a fatal error: {e}")),
+        }
+    }
+
+    /// Each member's feature version for the gate: what it advertised
+    /// lately, else its membership entry; this node's own is its config.
+    fn member_versions(&self) -> BTreeMap<NodeId, u32> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        version_gate::effective(
+            m.membership().nodes().map(|(id, n)| (*id, n.version)),
+            &self.live_versions,
+            (self.id, self.cfg.advertised_version),
+        )
+    }
+
+    /// On the leader: refuses a write needing feature version `needs` that
+    /// some member cannot decode, before it is proposed. A member that looks
+    /// too old is asked again first, so a node just restarted on a new build
+    /// is not refused.
+    async fn gate(&self, needs: u32) -> Result<(), ClusterError> {
+        let versions = self.member_versions();
+        if version_gate::check(&versions, needs).is_ok() {
+            return Ok(());
+        }
+        let ask: Vec<NodeId> = versions
+            .iter()
+            .filter(|(id, v)| {
+                **v < needs
+                    && **id != self.id
+                    && !self.live_versions.seen_within(**id, VERSION_REPROBE_AFTER)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.probe_versions(&ask).await;
+        version_gate::check(&self.member_versions(), needs)
+            .map_err(|m| ClusterError::rejected(format!("{m}; nothing was proposed")))
+    }
+
+    /// Asks these members' `Status`, concurrently and bounded, and records
+    /// the versions they advertise (only from the node the address serves).
+    async fn probe_versions(&self, ids: &[NodeId]) {
+        let probes = ids.iter().filter_map(|&id| {
+            let addr = self.addr_of(id)?;
+            Some(async move {
+                let s = network::status(&self.channels, &addr, VERSION_PROBE_TIMEOUT).await;
+                (id, s)
+            })
+        });
+        for (id, reply) in futures::future::join_all(probes).await {
+            match reply {
+                Ok(s) if s.node_id == id => {
+                    self.live_versions.record(id, version_or_legacy(s.version))
+                }
+                Ok(s) => {
+                    tracing::debug!("the address of node {id} is served by node {}", s.node_id)
+                }
+                Err(e) => tracing::debug!("node {id} did not tell its version: {}", e.message()),
+            }
+        }
+    }
+
+    /// On the leader: learns every member's advertised version and, where
+    /// it differs from the membership entry (a node restarted on another
+    /// build), rewrites that entry (`SetNodes`, addresses unchanged), so
+    /// the stored config — what a new leader starts from — converges.
+    async fn refresh_versions(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        let membership = m.membership_config.membership().clone();
+        let others: Vec<NodeId> = membership
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.id)
+            .collect();
+        self.probe_versions(&others).await;
+        let changed: BTreeMap<NodeId, NodeInfo> = membership
+            .nodes()
+            .filter_map(|(id, n)| {
+                let now = if *id == self.id {
+                    self.cfg.advertised_version
+                } else {
+                    self.live_versions.fresh(*id)?
+                };
+                (now != n.version).then(|| {
+                    (
+                        *id,
+                        NodeInfo {
+                            version: now,
+                            ..n.clone()
+                        },
+                    )
+                })
+            })
+            .collect();
+        // One change at a time: openraft refuses one while a joint config
+        // is in place; the next tick tries again.
+        if changed.is_empty() || membership.get_joint_config().len() != 1 {
+            return;
+        }
+        let what: Vec<String> = changed
+            .iter()
+            .map(|(id, n)| {
+                let was = membership.get_node(id).map_or(0, |o| o.version);
+                format!("node {id} version {was} → {}", n.version)
+            })
+            .collect();
+        // Short: this runs in the state watcher, which shutdown waits for.
+        let r = tokio::time::timeout(
+            VERSION_RECORD_TIMEOUT,
+            self.raft
+                .change_membership(ChangeMembers::SetNodes(changed), false),
+        )
+        .await;
+        match membership_result(r) {
+            Ok(body) => tracing::info!(?body, "membership records {}", what.join(", ")),
+            Err(e) => tracing::warn!("recording {} in the membership: {e}", what.join(", ")),
         }
     }
 
@@ -423,6 +605,12 @@ impl Node {
     /// be leader), within `leader_wait_ms`; an ambiguous outcome is returned
     /// as `Unknown` and never retried.
     pub async fn route(&self, op: ForwardOp, hops: u32) -> Result<ForwardReplyBody, ClusterError> {
+        if let Some(reason) = self.halted() {
+            return Err(ClusterError::not_ready(format!(
+                "node {} stopped serving: {reason}",
+                self.id
+            )));
+        }
         let wait = Duration::from_millis(self.cfg.leader_wait_ms);
         let deadline = Instant::now() + wait;
         let mut hops = hops;
@@ -483,16 +671,21 @@ impl Node {
             )));
         };
         let hint = self.hint(leader);
-        // Writes travel in the binary codec; other ops are small JSON.
+        // Writes travel in the binary codec, with the version they need;
+        // other ops are small JSON.
         let mut req = ForwardRequest {
             hops: hops + 1,
             ..Default::default()
         };
         match op {
-            ForwardOp::Write { cmd } => req.cmd = raftmesh_proto::codec::encode_cmd(cmd),
+            ForwardOp::Write { cmd } => {
+                req.cmd = raftmesh_proto::codec::encode_cmd(cmd);
+                req.cmd_version = cmd.required_version();
+            }
             ForwardOp::WriteSeq { cmds, order } => {
                 req.cmds = cmds.iter().map(raftmesh_proto::codec::encode_cmd).collect();
                 req.order = order.clone();
+                req.cmd_version = cmds.iter().map(Cmd::required_version).max().unwrap_or(0);
             }
             other => {
                 req.op =
@@ -544,14 +737,22 @@ impl Node {
     /// Runs `op` on this node as leader.
     async fn execute(&self, op: &ForwardOp) -> Result<ForwardReplyBody, ClusterError> {
         match op {
-            ForwardOp::Write { cmd } => self
-                .write_batcher
-                .submit(cmd.clone())
-                .await
-                .map(|(index, result)| ForwardReplyBody::Written { index, result }),
-            ForwardOp::WriteSeq { cmds, order } => Ok(ForwardReplyBody::WrittenSeq(
-                self.write_batcher.submit_seq(cmds.clone(), order).await,
-            )),
+            ForwardOp::Write { cmd } => {
+                self.gate(cmd.required_version()).await?;
+                self.write_batcher
+                    .submit(cmd.clone())
+                    .await
+                    .map(|(index, result)| ForwardReplyBody::Written { index, result })
+            }
+            ForwardOp::WriteSeq { cmds, order } => {
+                // One refusal for the whole sequence, so none of a
+                // connection's writes passes one refused before it.
+                let needs = cmds.iter().map(Cmd::required_version).max().unwrap_or(0);
+                self.gate(needs).await?;
+                Ok(ForwardReplyBody::WrittenSeq(
+                    self.write_batcher.submit_seq(cmds.clone(), order).await,
+                ))
+            }
             ForwardOp::ReadIndex => self
                 .read_batcher
                 .read_index()
@@ -630,9 +831,16 @@ impl Node {
         }
         self.refresh_committed().await;
         let target = self.committed_index(&m).unwrap_or(0);
+        // What it supports is what it says, not what the request says.
+        let version = version_or_legacy(probe.version);
+        self.live_versions.record(node_id, version);
+        let node = NodeInfo {
+            version,
+            ..node.clone()
+        };
         let r = tokio::time::timeout(
             MEMBERSHIP_TIMEOUT,
-            self.raft.add_learner(node_id, node.clone(), false),
+            self.raft.add_learner(node_id, node, false),
         )
         .await;
         match membership_result(r)? {
@@ -983,10 +1191,12 @@ impl ClusterOps for Node {
                     .as_ref()
                     .and_then(|r| r.get(id).cloned().flatten())
                     .map(|l| l.index),
+                version: n.version,
             })
             .collect();
         ClusterStatus {
             id: self.id,
+            version: self.cfg.advertised_version,
             role: format!("{:?}", m.state),
             term: m.current_term,
             leader: m.current_leader,
@@ -999,6 +1209,7 @@ impl ClusterOps for Node {
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
             cluster_id: self.identity.cluster_id().map(str::to_owned),
             removed: self.removed.lock().expect("removed flag").clone(),
+            halted: self.halted(),
         }
     }
 
@@ -1010,6 +1221,7 @@ impl ClusterOps for Node {
             && m.running_state.is_ok()
             && applied_plus1 >= self.committed_plus1.load(Ordering::Relaxed)
             && self.removed.lock().expect("removed flag").is_none()
+            && self.halted.borrow().is_none()
     }
 
     fn raft_metrics_text(&self) -> String {

@@ -165,6 +165,12 @@ impl RunningNode {
         self.node.raft_view()
     }
 
+    /// Why the node stopped serving, if it did: it met a log entry it
+    /// cannot decode, or Raft stopped on a fatal error. [`run`] exits then.
+    pub fn halted(&self) -> Option<String> {
+        self.node.halted()
+    }
+
     /// Cuts the node off the network both ways (its RPCs fail as if the
     /// peer were unreachable); `false` heals it.
     pub fn set_isolated(&self, on: bool) {
@@ -198,18 +204,40 @@ impl RunningNode {
     }
 }
 
-/// Runs a node on `listeners` until `shutdown` resolves.
+/// Runs a node on `listeners` until `shutdown` resolves, or until the node
+/// stops serving (see [`RunningNode::halted`]): then it shuts down and
+/// returns [`NodeError::Halted`], so the process exits non-zero with the
+/// reason instead of lingering as a member that cannot follow.
 pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     tracing::info!(?cfg, "starting raftmesh node");
-    let node = RunningNode::start(cfg, listeners).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
+    let node = match RunningNode::start(cfg, listeners).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("not starting: {e}");
+            return Err(e);
+        }
+    };
+    let mut halted = node.node.watch_halted();
+    let halt = async move {
+        match halted.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The node is gone: nothing will report a halt.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        reason = halt => Err(NodeError::Halted(reason)),
+    };
     node.shutdown().await;
-    Ok(())
+    outcome
 }
 
 #[cfg(test)]

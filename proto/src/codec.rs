@@ -22,7 +22,7 @@ use crate::cmd::{
     ApplyResult, Cmd, Domain, Event, KvCmd, KvEvent, KvResult, MachineCmd, MachineError,
     MachineErrorCode, MachineEvent, MachineResult, Retention, SettingsCmd, SettingsResult,
 };
-use crate::{LogEntry, NodeId, NodeInfo, TypeConfig};
+use crate::{version_or_legacy, LogEntry, NodeId, NodeInfo, TypeConfig, FEATURE_VERSION};
 
 /// Generated prost messages for `proto/log.proto`.
 pub mod pb {
@@ -31,6 +31,9 @@ pub mod pb {
 
 /// The first byte of an entry in this schema.
 pub const ENTRY_V2: u8 = 0x02;
+/// The feature version every entry of this schema needs; an entry that
+/// needs more says so (`AppEntry.required_version`).
+const SCHEMA_VERSION: u32 = 2;
 /// The first byte of a 0.1 entry (JSON object).
 const ENTRY_V01_JSON: u8 = b'{';
 
@@ -40,8 +43,29 @@ pub enum CodecError {
     Empty,
     /// Written by a newer release: this node cannot apply it and must not
     /// guess.
-    #[error("entry version {0:#04x} is newer than this node understands (up to {ENTRY_V2:#04x}); upgrade this node")]
+    #[error(
+        "entry format version {0} (first byte {0:#04x}) is newer than this build understands; \
+         it supports up to version {FEATURE_VERSION}: upgrade this node"
+    )]
     UnknownVersion(u8),
+    /// The entry says its command needs a newer feature version: it may
+    /// carry fields this build would skip, so it is not applied.
+    #[error(
+        "the entry needs feature version {0}; this build supports up to version \
+         {FEATURE_VERSION}: upgrade this node"
+    )]
+    TooNew(u32),
+    /// A command (or result) kind this build does not know: written by a
+    /// newer release (or garbage); never guessed at.
+    #[error(
+        "{0} this build does not know, written by a newer release; this build supports up \
+         to version {FEATURE_VERSION}: upgrade this node"
+    )]
+    UnknownKind(&'static str),
+    /// Decoding the entry at `index` of an append failed (shown, not
+    /// chained as a source, so error chains do not repeat it).
+    #[error("log entry {index}: {error}")]
+    InEntry { index: u64, error: Box<CodecError> },
     #[error("undecodable entry: {0}")]
     Protobuf(#[from] prost::DecodeError),
     #[error("undecodable 0.1 entry: {0}")]
@@ -50,6 +74,20 @@ pub enum CodecError {
     Malformed(&'static str),
     #[error("entry value is not UTF-8 JSON text")]
     NotUtf8,
+}
+
+impl CodecError {
+    /// Written by a newer release: the fix is to upgrade this node, not to
+    /// repair the data.
+    pub fn needs_upgrade(&self) -> bool {
+        match self {
+            CodecError::UnknownVersion(_) | CodecError::TooNew(_) | CodecError::UnknownKind(_) => {
+                true
+            }
+            CodecError::InEntry { error, .. } => error.needs_upgrade(),
+            _ => false,
+        }
+    }
 }
 
 /// Encodes an entry: [`ENTRY_V2`] then the protobuf message.
@@ -183,10 +221,13 @@ pub fn encode_append(
     }
 }
 
+/// Decodes an append; an entry that fails is named by its log index
+/// ([`CodecError::InEntry`]), so a node too old for it can say which.
 pub fn decode_append(
     req: crate::pb::AppendRequest,
 ) -> Result<openraft::raft::AppendEntriesRequest<TypeConfig>, CodecError> {
     let h: AppendHeader = serde_json::from_slice(&req.header)?;
+    let first = h.prev_log_id.map_or(0, |l| l.index + 1);
     Ok(openraft::raft::AppendEntriesRequest {
         vote: h.vote,
         prev_log_id: h.prev_log_id,
@@ -194,7 +235,13 @@ pub fn decode_append(
         entries: req
             .entries
             .iter()
-            .map(|e| decode_entry(e))
+            .zip(first..)
+            .map(|(e, index)| {
+                decode_entry(e).map_err(|e| CodecError::InEntry {
+                    index,
+                    error: Box::new(e),
+                })
+            })
             .collect::<Result<_, _>>()?,
     })
 }
@@ -492,9 +539,10 @@ fn machine_cmd_to_pb(m: &MachineCmd) -> pb::MachineCommand {
 fn machine_cmd_from_pb(m: pb::MachineCommand) -> Result<MachineCmd, CodecError> {
     use pb::machine_command::Op;
     Ok(
-        match m.op.ok_or(CodecError::Malformed(
-            "a machine command of an unknown kind",
-        ))? {
+        match m
+            .op
+            .ok_or(CodecError::UnknownKind("a machine command kind"))?
+        {
             Op::PutMachine(p) => MachineCmd::PutMachine {
                 machine: p.machine,
                 version: p.version,
@@ -761,6 +809,12 @@ fn entry_to_pb(e: &Entry<TypeConfig>) -> pb::LogEntry {
         EntryPayload::Normal(n) => Payload::App(pb::AppEntry {
             time_ms: n.time_ms,
             cmd: Some(cmd_to_pb(&n.cmd)),
+            // Absent for what every reader of this schema applies, so
+            // today's bytes stay as they were.
+            required_version: match n.cmd.required_version() {
+                v if v > SCHEMA_VERSION => v,
+                _ => 0,
+            },
         }),
         EntryPayload::Membership(m) => Payload::Membership(membership_to_pb(m)),
     };
@@ -773,8 +827,14 @@ fn entry_to_pb(e: &Entry<TypeConfig>) -> pb::LogEntry {
 fn entry_from_pb(e: pb::LogEntry) -> Result<Entry<TypeConfig>, CodecError> {
     use pb::log_entry::Payload;
     let log_id = log_id_from_pb(e.log_id.ok_or(CodecError::Malformed("no log id"))?);
-    let payload = match e.payload.ok_or(CodecError::Malformed("no payload"))? {
+    let payload = match e
+        .payload
+        .ok_or(CodecError::UnknownKind("a log entry kind"))?
+    {
         Payload::Blank(_) => EntryPayload::Blank,
+        Payload::App(a) if a.required_version > FEATURE_VERSION => {
+            return Err(CodecError::TooNew(a.required_version))
+        }
         Payload::App(a) => EntryPayload::Normal(LogEntry {
             time_ms: a.time_ms,
             cmd: cmd_from_pb(a.cmd.ok_or(CodecError::Malformed("no command"))?)?,
@@ -845,15 +905,9 @@ fn cmd_from_pb(c: pb::Command) -> Result<Cmd, CodecError> {
         g.cmds.into_iter().map(cmd_from_pb).collect()
     };
     Ok(
-        match c
-            .cmd
-            .ok_or(CodecError::Malformed("a command of an unknown kind"))?
-        {
+        match c.cmd.ok_or(CodecError::UnknownKind("a command kind"))? {
             C::Kv(k) => Cmd::Kv(
-                match k
-                    .op
-                    .ok_or(CodecError::Malformed("a KV command of an unknown kind"))?
-                {
+                match k.op.ok_or(CodecError::UnknownKind("a KV command kind"))? {
                     Op::Put(p) => KvCmd::Put {
                         key: p.key,
                         value: text(p.value)?,
@@ -868,13 +922,14 @@ fn cmd_from_pb(c: pb::Command) -> Result<Cmd, CodecError> {
                 },
             ),
             C::Machine(m) => Cmd::Machine(machine_cmd_from_pb(m)?),
-            C::Settings(st) => match st.op.ok_or(CodecError::Malformed(
-                "a settings command of an unknown kind",
-            ))? {
+            C::Settings(st) => match st
+                .op
+                .ok_or(CodecError::UnknownKind("a settings command kind"))?
+            {
                 pb::settings_command::Op::SetRetention(r) => {
                     Cmd::Settings(SettingsCmd::SetRetention {
                         domain: Domain::from_name(&r.domain)
-                            .ok_or(CodecError::Malformed("retention of an unknown domain"))?,
+                            .ok_or(CodecError::UnknownKind("a retention domain"))?,
                         retention: Retention {
                             max_events: r.max_events,
                             max_bytes: r.max_bytes,
@@ -908,6 +963,7 @@ fn membership_to_pb(m: &Membership<NodeId, NodeInfo>) -> pb::Membership {
                     pb::Node {
                         grpc_addr: n.grpc_addr.clone(),
                         http_addr: n.http_addr.clone(),
+                        version: n.version,
                     },
                 )
             })
@@ -930,6 +986,7 @@ fn membership_from_pb(m: pb::Membership) -> Membership<NodeId, NodeInfo> {
                 NodeInfo {
                     grpc_addr: n.grpc_addr,
                     http_addr: n.http_addr,
+                    version: version_or_legacy(n.version),
                 },
             )
         })
@@ -1067,6 +1124,7 @@ mod tests {
                     NodeInfo {
                         grpc_addr: "a:1".into(),
                         http_addr: "a:2".into(),
+                        version: 2,
                     },
                 ),
                 (2, NodeInfo::default()),
@@ -1102,13 +1160,91 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
-        assert!(matches!(
-            decode_entry(&[0x03, 1, 2]),
-            Err(CodecError::UnknownVersion(3))
-        ));
+        let e = decode_entry(&[0x03, 1, 2]).unwrap_err();
+        assert!(matches!(e, CodecError::UnknownVersion(3)), "{e:?}");
+        assert!(e.needs_upgrade());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("version 3") && msg.contains("up to version 2"),
+            "{msg}"
+        );
+        assert!(msg.contains("upgrade this node"), "{msg}");
         assert!(matches!(decode_entry(&[]), Err(CodecError::Empty)));
         assert!(decode_entry(&[ENTRY_V2, 0xff, 0xff]).is_err());
         assert!(decode_entry(b"{not json").is_err());
+    }
+
+    fn app_entry(cmd: Option<pb::Command>, required_version: u32) -> Vec<u8> {
+        let msg = pb::LogEntry {
+            log_id: Some(log_id_to_pb(&LogId::new(CommittedLeaderId::new(3, 2), 4))),
+            payload: Some(pb::log_entry::Payload::App(pb::AppEntry {
+                time_ms: 1,
+                cmd,
+                required_version,
+            })),
+        };
+        let mut out = vec![ENTRY_V2];
+        out.extend(msg.encode_to_vec());
+        out
+    }
+
+    /// An entry that says it needs a newer version is refused even though
+    /// its command decodes: its new fields would be skipped silently.
+    #[test]
+    fn entries_needing_a_newer_version_are_refused() {
+        let del = cmd_to_pb(&Cmd::Kv(KvCmd::Delete { key: "k".into() }));
+        assert!(decode_entry(&app_entry(Some(del.clone()), FEATURE_VERSION)).is_ok());
+        let e = decode_entry(&app_entry(Some(del), FEATURE_VERSION + 1)).unwrap_err();
+        assert!(e.needs_upgrade(), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("needs feature version {}", FEATURE_VERSION + 1))
+                && msg.contains(&format!("up to version {FEATURE_VERSION}")),
+            "{msg}"
+        );
+        // A command kind added later (an unknown oneof field, here 15) is
+        // refused, not applied as nothing.
+        let mut unknown = pb::Command { cmd: None }.encode_to_vec();
+        unknown.extend_from_slice(&[0x7a, 0x00]); // field 15, empty message
+        let unknown = pb::Command::decode(unknown.as_slice()).unwrap();
+        let e = decode_entry(&app_entry(Some(unknown), 0)).unwrap_err();
+        assert!(e.needs_upgrade(), "{e:?}");
+        assert!(e.to_string().contains("a command kind"), "{e}");
+        // Today's entries carry no required version: their bytes are those
+        // of the golden test.
+        let put = entry(
+            1,
+            EntryPayload::Normal(LogEntry {
+                time_ms: 1,
+                cmd: Cmd::Kv(KvCmd::Delete { key: "k".into() }),
+            }),
+        );
+        let pb::log_entry::Payload::App(a) = entry_to_pb(&put).payload.unwrap() else {
+            panic!("app entry expected")
+        };
+        assert_eq!(a.required_version, 0);
+    }
+
+    /// A follower names the log index of an appended entry it cannot read.
+    #[test]
+    fn append_names_the_index_of_an_undecodable_entry() {
+        let blank = encode_entry(&entry(5, EntryPayload::Blank));
+        let req = crate::pb::AppendRequest {
+            header: serde_json::to_vec(&AppendHeader {
+                vote: openraft::Vote::new_committed(3, 2),
+                prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 2), 4)),
+                leader_commit: None,
+            })
+            .unwrap(),
+            entries: vec![blank, vec![0x09, 0x00]],
+        };
+        let e = decode_append(req).unwrap_err();
+        assert!(
+            matches!(&e, CodecError::InEntry { index: 6, error } if matches!(**error, CodecError::UnknownVersion(9))),
+            "{e:?}"
+        );
+        assert!(e.needs_upgrade());
+        assert!(e.to_string().starts_with("log entry 6: "), "{e}");
     }
 
     /// A field added by a later release (here: an unknown field 15 in the

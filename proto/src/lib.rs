@@ -27,6 +27,31 @@ pub use cmd::{
     Retention, SettingsCmd, SettingsResult,
 };
 
+/// The feature version of this build: the newest commands and log format it
+/// decodes and applies. Every node advertises it (`Status`, and its
+/// membership [`NodeInfo`]), and a leader proposes no command that needs more
+/// ([`Cmd::required_version`]) than the oldest member supports, so a rolling
+/// upgrade never hands a node an entry it cannot read. Release 0.1 is
+/// version 1 (it advertised none); version 2 is the binary log codec.
+pub const FEATURE_VERSION: u32 = 2;
+
+/// The version of a node that advertised none: release 0.1.
+pub const LEGACY_VERSION: u32 = 1;
+
+/// A version as protobuf carries it: 0 (absent) was sent by a node that
+/// advertised none, i.e. [`LEGACY_VERSION`].
+pub fn version_or_legacy(v: u32) -> u32 {
+    if v == 0 {
+        LEGACY_VERSION
+    } else {
+        v
+    }
+}
+
+fn legacy_version() -> u32 {
+    LEGACY_VERSION
+}
+
 /// gRPC request metadata carrying the sender's cluster id; a node of another
 /// cluster refuses the request, a node that has joined none adopts it.
 pub const CLUSTER_ID_HEADER: &str = "raftmesh-cluster-id";
@@ -50,18 +75,38 @@ openraft::declare_raft_types!(
 
 /// What the cluster stores about each member; kept in the Raft membership so
 /// every node can reach every other one (forwarding, hop) without local config.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     /// Address other nodes dial for gRPC.
     pub grpc_addr: String,
     /// Address clients use for the HTTP gateway.
     #[serde(default)]
     pub http_addr: String,
+    /// The [`FEATURE_VERSION`] the node advertised when this entry was last
+    /// written; the leader updates it when a member advertises another.
+    /// 0.1 stored none: absent means [`LEGACY_VERSION`].
+    #[serde(default = "legacy_version")]
+    pub version: u32,
+}
+
+/// Nothing known about a node, its version included: the oldest.
+impl Default for NodeInfo {
+    fn default() -> Self {
+        NodeInfo {
+            grpc_addr: String::new(),
+            http_addr: String::new(),
+            version: LEGACY_VERSION,
+        }
+    }
 }
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "grpc={} http={}", self.grpc_addr, self.http_addr)
+        write!(
+            f,
+            "grpc={} http={} version={}",
+            self.grpc_addr, self.http_addr, self.version
+        )
     }
 }
 
@@ -315,6 +360,21 @@ mod tests {
             let s = serde_json::to_string(&e).unwrap();
             assert_eq!(serde_json::from_str::<ClusterError>(&s).unwrap(), e);
         }
+    }
+
+    /// 0.1 stored members without a version: they read back as version 1.
+    #[test]
+    fn node_info_without_a_version_is_legacy() {
+        let n: NodeInfo = serde_json::from_str(r#"{"grpc_addr":"a:1","http_addr":"a:2"}"#).unwrap();
+        assert_eq!(n.version, LEGACY_VERSION);
+        let n = NodeInfo {
+            version: FEATURE_VERSION,
+            ..n
+        };
+        let back: NodeInfo = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
+        assert_eq!(version_or_legacy(0), LEGACY_VERSION);
+        assert_eq!(version_or_legacy(3), 3);
     }
 
     /// Retry-safety is a property of the variant, whatever the message says.

@@ -64,6 +64,15 @@ pub enum StoreError {
     Codec(#[from] serde_json::Error),
     #[error("decoding a log entry: {0}")]
     Entry(#[from] raftmesh_proto::codec::CodecError),
+    /// The stored entry at `index` does not decode; when it was written by
+    /// a newer release the message says to upgrade this node.
+    /// (`error` is shown, not chained as a source: openraft's error text
+    /// would repeat it.)
+    #[error("log entry {index}: {error}")]
+    LogEntry {
+        index: u64,
+        error: raftmesh_proto::codec::CodecError,
+    },
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("snapshot at {incoming} is older than the current snapshot at {current}")]

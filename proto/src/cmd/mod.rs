@@ -101,6 +101,23 @@ impl Event {
 }
 
 impl Cmd {
+    /// The lowest [`crate::FEATURE_VERSION`] a node must run to decode and
+    /// apply this command; a leader proposes nothing that needs more than
+    /// its oldest member supports. Everything today needs 2: release 0.1
+    /// (version 1) cannot read the binary log codec at all. No wildcard arm,
+    /// so a new command must state its own version (e.g. 3) here.
+    pub fn required_version(&self) -> u32 {
+        match self {
+            // Settings and machines come in the same release as the binary
+            // codec: no release of version 2 lacks them.
+            Cmd::Kv(_) | Cmd::Settings(_) | Cmd::Machine(_) => 2,
+            // A group needs what its most demanding member needs.
+            Cmd::Pack(cmds) | Cmd::Atomic(cmds) => {
+                cmds.iter().map(Cmd::required_version).fold(2, u32::max)
+            }
+        }
+    }
+
     /// Every key this command writes, with how it may share an entry.
     pub fn conflict_keys(&self) -> Vec<ConflictKey> {
         let mut out = Vec::new();
@@ -172,6 +189,24 @@ impl ApplyResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_of_this_build_needs_version_2() {
+        let put = Cmd::Kv(KvCmd::Delete { key: "k".into() });
+        let set = Cmd::Settings(SettingsCmd::SetRetention {
+            domain: Domain::Kv,
+            retention: Retention::default_for(Domain::Kv),
+        });
+        for c in [
+            put.clone(),
+            set,
+            Cmd::Pack(vec![]),
+            Cmd::Atomic(vec![put.clone(), Cmd::Pack(vec![put])]),
+        ] {
+            assert_eq!(c.required_version(), 2, "{c:?}");
+            assert!(c.required_version() <= crate::FEATURE_VERSION);
+        }
+    }
 
     #[test]
     fn conflict_keys_of_groups_are_their_members_keys() {
