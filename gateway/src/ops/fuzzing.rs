@@ -13,6 +13,7 @@ pub fn add_learner_body(bytes: &[u8]) -> Result<(NodeId, NodeInfo, u64), Gateway
     let node = NodeInfo {
         grpc_addr: b.grpc_addr,
         http_addr: b.http_addr,
+        ..NodeInfo::default()
     };
     Ok((b.node_id, node, b.timeout_ms))
 }
