@@ -1306,4 +1306,46 @@ mod tests {
         let r = ApplyResult::Settings(SettingsResult::Set);
         assert_eq!(decode_written(&encode_written(3, &r)).unwrap(), (3, r));
     }
+
+    /// Machine commands, results and journal events are stored bytes too.
+    #[test]
+    fn golden_machine_bytes() {
+        let c = Cmd::Machine(MachineCmd::ApplyEvent {
+            instance_id: "o".into(),
+            event: "PAY".into(),
+            payload: Some("{}".into()),
+            expected_state: None,
+            expected_wal_offset: Some(3),
+            event_id: None,
+            idempotency_key: Some("k".into()),
+        });
+        let bytes = encode_cmd(&c);
+        assert_eq!(hex(&bytes), "2a131a110a016f12035041591a027b7d28033a016b");
+        assert_eq!(decode_cmd(&bytes).unwrap(), c);
+        assert!(cmd_len(&c) >= bytes.len());
+        let r = ApplyResult::Machine(MachineResult::Refused(MachineError {
+            code: MachineErrorCode::GuardFailed,
+            message: "no".into(),
+            details: None,
+        }));
+        let w = encode_written(5, &r);
+        assert_eq!(
+            hex(&w),
+            "08051216321432120a0c47554152445f4641494c454412026e6f"
+        );
+        assert_eq!(decode_written(&w).unwrap(), (5, r));
+        let j = JournalRecord {
+            index: 9,
+            time_ms: 1,
+            events: vec![Event::Machine(MachineEvent::InstanceDeleted {
+                instance_id: "o".into(),
+                machine: "m".into(),
+                version: 1,
+                idempotency_key: None,
+            })],
+        };
+        let jb = encode_journal(&j);
+        assert_eq!(hex(&jb), "01080910011a0c120a22080a016f12016d1801");
+        assert_eq!(decode_journal(&jb).unwrap(), j);
+    }
 }
