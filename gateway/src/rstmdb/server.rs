@@ -138,6 +138,21 @@ enum WriteKind {
     Batch(ops::Batch),
 }
 
+/// A response's `meta` from the node's Raft view: `wal_offset` is the
+/// write's index, or (0) the applied index a read reflects.
+fn meta_of(view: &crate::seam::RaftView, wal_offset: u64, trace_id: String) -> Meta {
+    Meta {
+        leader: view.is_leader,
+        wal_offset: if wal_offset == 0 {
+            view.applied_index
+        } else {
+            wal_offset
+        },
+        server_time_ms: now_ms(),
+        trace_id,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -325,12 +340,7 @@ async fn sequence<B: Backend>(
         let mut outcomes = backend.write_seq(cmds, order.clone()).await.into_iter();
         for j in jobs {
             let view = backend.raft_view();
-            let meta = |index: u64| Meta {
-                leader: view.is_leader,
-                wal_offset: index,
-                server_time_ms: now_ms(),
-                trace_id: j.trace.clone(),
-            };
+            let meta = |index: u64| meta_of(&view, index, j.trace.clone());
             let msg = match &j.kind {
                 WriteKind::One(op, cmd) => match outcomes.next() {
                     Some(Ok(WriteOutcome { index, result })) => {
@@ -446,17 +456,11 @@ impl Filter {
 
 impl<B: Backend> Conn<B> {
     fn meta(&self, wal_offset: u64, id: &str) -> Meta {
-        let view = self.backend.raft_view();
-        Meta {
-            leader: view.is_leader,
-            wal_offset: if wal_offset == 0 {
-                view.applied_index
-            } else {
-                wal_offset
-            },
-            server_time_ms: now_ms(),
-            trace_id: format!("{}-{}-{id}", self.cfg.node_id, self.conn),
-        }
+        meta_of(&self.backend.raft_view(), wal_offset, self.trace(id))
+    }
+
+    fn trace(&self, id: &str) -> String {
+        format!("{}-{}-{id}", self.cfg.node_id, self.conn)
     }
 
     async fn send(&self, v: Value) -> bool {
@@ -511,18 +515,12 @@ impl<B: Backend> Conn<B> {
             op if ops::is_write(op) => self.queue_write(req, permit).await,
             "GET_MACHINE" | "LIST_MACHINES" | "GET_INSTANCE" | "LIST_INSTANCES" | "WAL_READ"
             | "SNAPSHOT_INSTANCE" => {
-                let (b, out) = (self.backend.clone(), self.out.clone());
-                let meta_base = (self.cfg.node_id, self.conn);
+                let (b, out, trace) = (self.backend.clone(), self.out.clone(), self.trace(&req.id));
                 tokio::spawn(async move {
                     let _permit = permit;
                     let r = read(&*b, &req.op, &req.params).await;
                     let view = b.raft_view();
-                    let meta = |off: u64| Meta {
-                        leader: view.is_leader,
-                        wal_offset: if off == 0 { view.applied_index } else { off },
-                        server_time_ms: now_ms(),
-                        trace_id: format!("{}-{}-{}", meta_base.0, meta_base.1, req.id),
-                    };
+                    let meta = |off: u64| meta_of(&view, off, trace.clone());
                     let msg = match r {
                         Ok((v, off)) => wire::ok(&req.id, v, &meta(off)),
                         Err(e) => wire::error(&req.id, &e, &meta(0)),
@@ -631,7 +629,7 @@ impl<B: Backend> Conn<B> {
         match kind {
             Ok(kind) => {
                 let job = WriteJob {
-                    trace: format!("{}-{}-{}", self.cfg.node_id, self.conn, req.id),
+                    trace: self.trace(&req.id),
                     id: req.id,
                     kind,
                     _permit: permit,

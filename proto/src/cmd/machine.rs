@@ -93,22 +93,21 @@ impl MachineErrorCode {
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        use MachineErrorCode::*;
-        [
-            BadRequest,
-            NotFound,
-            MachineNotFound,
-            MachineVersionExists,
-            MachineVersionLimitExceeded,
-            InstanceNotFound,
-            InstanceExists,
-            InvalidTransition,
-            GuardFailed,
-            Conflict,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
+
+    const ALL: [MachineErrorCode; 10] = [
+        MachineErrorCode::BadRequest,
+        MachineErrorCode::NotFound,
+        MachineErrorCode::MachineNotFound,
+        MachineErrorCode::MachineVersionExists,
+        MachineErrorCode::MachineVersionLimitExceeded,
+        MachineErrorCode::InstanceNotFound,
+        MachineErrorCode::InstanceExists,
+        MachineErrorCode::InvalidTransition,
+        MachineErrorCode::GuardFailed,
+        MachineErrorCode::Conflict,
+    ];
 }
 
 /// A write refused by the state.
