@@ -125,6 +125,7 @@ start_node() {
     RAFTMESH_RSTMDB_ADDR="0.0.0.0:7401" \
     RAFTMESH_ADVERTISE_GRPC="$ip:$GRPC_PORT" \
     RAFTMESH_ADVERTISE_HTTP="$ip:$HTTP_PORT" \
+    RAFTMESH_ADVERTISE_RSTMDB="$ip:7401" \
     setsid sh -c 'echo $$ >"$1"; exec "$2" serve' sh "$STATE/n$i.pid" "$bin" \
     </dev/null >>"$STATE/n$i.log" 2>&1 &
 }

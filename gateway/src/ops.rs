@@ -174,6 +174,7 @@ struct Peer<'a> {
     node_id: NodeId,
     grpc_addr: &'a str,
     http_addr: &'a str,
+    rstmdb_addr: &'a str,
     voter: bool,
     leader: bool,
     /// Replication progress as the leader sees it; `null` elsewhere.
@@ -191,6 +192,7 @@ async fn peers<B: ClusterOps>(State(st): State<AppState<B>>) -> Result<Response,
             node_id: m.node_id,
             grpc_addr: &m.grpc_addr,
             http_addr: &m.http_addr,
+            rstmdb_addr: &m.rstmdb_addr,
             voter: m.voter,
             leader: status.leader == Some(m.node_id),
             matched_index: m.matched_index,
@@ -235,6 +237,9 @@ struct AddLearnerBody {
     grpc_addr: String,
     #[serde(default)]
     http_addr: String,
+    /// Taken from the node itself when it tells one (it does from 0.2).
+    #[serde(default)]
+    rstmdb_addr: String,
     #[serde(default = "default_membership_timeout")]
     timeout_ms: u64,
 }
@@ -257,6 +262,7 @@ async fn add_learner<B: ClusterOps>(
     let node = NodeInfo {
         grpc_addr: req.grpc_addr,
         http_addr: req.http_addr,
+        rstmdb_addr: req.rstmdb_addr,
         ..NodeInfo::default()
     };
     let out = st

@@ -9,7 +9,7 @@ use std::time::Duration;
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::{
     ApplyResult, ClusterError, ClusterProgress, Cmd, Domain, Instance, InstancePage, KvEntry,
-    MachineView, NodeId, NodeInfo, Retention,
+    LogCompaction, MachineView, NodeId, NodeInfo, Retention,
 };
 use serde::Serialize;
 
@@ -39,11 +39,34 @@ pub struct MemberStatus {
     pub node_id: NodeId,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// Where rstmdb clients reach it; empty when it has not told yet.
+    pub rstmdb_addr: String,
     pub voter: bool,
     /// Highest log index known replicated to it (leader only).
     pub matched_index: Option<u64>,
     /// The feature version its membership entry records.
     pub version: u32,
+}
+
+/// This node's Raft log, as rstmdb's WAL_STATS reports its WAL.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LogStats {
+    pub node_id: NodeId,
+    /// Entries held (not yet purged).
+    pub entries: u64,
+    /// The first and last index held; none when the log is empty.
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    /// RocksDB table files of the log, and its bytes (files + memtable).
+    pub files: u64,
+    pub bytes: u64,
+    /// Since the process started: entry bytes written and read, write
+    /// batches, reads, and synced writes (one WAL fsync each).
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    pub writes: u64,
+    pub reads: u64,
+    pub fsyncs: u64,
 }
 
 /// Everything `/cluster` shows.
@@ -190,6 +213,13 @@ pub trait ClusterOps: Send + Sync + 'static {
     fn cluster_progress(
         &self,
     ) -> impl Future<Output = Result<ClusterProgress, ClusterError>> + Send;
+
+    /// This node's Raft log and its I/O.
+    fn log_stats(&self) -> Result<LogStats, ClusterError>;
+
+    /// Snapshots every member and purges its log up to that snapshot, in
+    /// parallel; one report per member, an unreachable one with its error.
+    fn compact(&self, force_snapshot: bool) -> impl Future<Output = Vec<LogCompaction>> + Send;
 }
 
 /// A subscription to the applied-event feed of one domain, pulled as the

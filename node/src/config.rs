@@ -31,6 +31,8 @@ pub struct Config {
     pub advertise_grpc: Option<String>,
     /// The HTTP address clients should use, advertised in membership.
     pub advertise_http: Option<String>,
+    /// The rstmdb address clients should use, advertised in membership.
+    pub advertise_rstmdb: Option<String>,
     /// Initial cluster: `ID=HOST:PORT` gRPC addresses, this node included.
     /// Empty means a single self-initialized node.
     pub peers: Vec<String>,
@@ -90,6 +92,7 @@ impl Default for Config {
             grpc_addr: "127.0.0.1:7080".into(),
             advertise_grpc: None,
             advertise_http: None,
+            advertise_rstmdb: None,
             peers: Vec::new(),
             heartbeat_ms: 100,
             election_timeout_min_ms: 500,
@@ -239,6 +242,12 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.http_addr.clone())
     }
+
+    pub fn rstmdb_advertised(&self) -> String {
+        self.advertise_rstmdb
+            .clone()
+            .unwrap_or_else(|| self.rstmdb_addr.clone())
+    }
 }
 
 /// `raftmesh serve` flags. Every flag is optional so that an unset flag
@@ -273,6 +282,10 @@ pub struct ServeArgs {
     /// [default: the --http-addr]
     #[arg(long, env = "RAFTMESH_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
+    /// rstmdb address clients are told to use for this node (INFO,
+    /// /cluster, /peers). [default: the --rstmdb-addr]
+    #[arg(long, env = "RAFTMESH_ADVERTISE_RSTMDB")]
+    pub advertise_rstmdb: Option<String>,
     /// ID=HOST:PORT of a cluster member's gRPC address; repeat per member,
     /// this node included. In the environment: RAFTMESH_PEERS,
     /// comma-separated. [default: none: a single self-initialized node]
@@ -403,6 +416,9 @@ impl ServeArgs {
         }
         if self.advertise_http.is_some() {
             c.advertise_http = self.advertise_http.clone();
+        }
+        if self.advertise_rstmdb.is_some() {
+            c.advertise_rstmdb = self.advertise_rstmdb.clone();
         }
         if !self.peers.is_empty() {
             c.peers = self.peers.clone();

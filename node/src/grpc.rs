@@ -273,4 +273,16 @@ impl RaftService for Service {
         self.serving()?;
         Ok(Response::new(self.node.status_reply().await))
     }
+
+    async fn compact(
+        &self,
+        req: Request<raftmesh_proto::pb::CompactRequest>,
+    ) -> Result<Response<raftmesh_proto::pb::CompactReply>, Status> {
+        self.serving()?;
+        let force = req.into_inner().force_snapshot;
+        match self.node.compact_local(force).await {
+            Ok(c) => Ok(Response::new((&c).into())),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
 }

@@ -371,6 +371,19 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 }
 
 /// Asks a peer who it is (bootstrap).
+/// Asks the node at `addr` to snapshot and purge its own log.
+pub async fn compact(
+    channels: &Channels,
+    addr: &str,
+    force_snapshot: bool,
+    timeout: Duration,
+) -> Result<pb::CompactReply, tonic::Status> {
+    let mut client = channels.client(addr)?;
+    let mut req = tonic::Request::new(pb::CompactRequest { force_snapshot });
+    req.set_timeout(timeout);
+    Ok(client.compact(req).await?.into_inner())
+}
+
 pub async fn status(
     channels: &Channels,
     addr: &str,

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use raftmesh_gateway::seam::{
-    ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MachineRead, MemberStatus,
-    MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError, WriteOutcome,
+    ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, LogStats, MachineRead,
+    MemberStatus, MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError,
+    WriteOutcome,
 };
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
     version_or_legacy, ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody,
-    Instance, InstancePage, KvEntry, LeaderHint, MachineView, MemberProgress, NodeId, NodeInfo,
-    TypeConfig,
+    Instance, InstancePage, KvEntry, LeaderHint, LogCompaction, MachineView, MemberProgress,
+    NodeId, NodeInfo, TypeConfig,
 };
 use raftmesh_raft_store::{FeedError, StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
@@ -51,6 +52,8 @@ const VERSION_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const VERSION_REPROBE_AFTER: Duration = Duration::from_secs(1);
 /// How long recording a member's new version in the membership may take.
 const VERSION_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+
+mod compact;
 
 pub(crate) struct Node {
     pub id: NodeId,
@@ -166,6 +169,7 @@ impl Node {
             grpc_addr: self.cfg.grpc_advertised(),
             http_addr: self.cfg.http_advertised(),
             version: self.cfg.advertised_version,
+            rstmdb_addr: self.cfg.rstmdb_advertised(),
         }
     }
 
@@ -204,6 +208,7 @@ impl Node {
             node_id: self.id,
             grpc_addr: info.grpc_addr,
             http_addr: info.http_addr,
+            rstmdb_addr: info.rstmdb_addr,
             initialized: self.raft.is_initialized().await.unwrap_or(false),
             term: m.current_term,
             leader_id: m.current_leader.unwrap_or(0),
@@ -281,6 +286,7 @@ impl Node {
                                 grpc_addr: addr.clone(),
                                 http_addr: s.http_addr,
                                 version: version_or_legacy(s.version),
+                                rstmdb_addr: s.rstmdb_addr,
                             },
                         );
                     }
@@ -296,6 +302,7 @@ impl Node {
                                 grpc_addr: addr.clone(),
                                 http_addr: String::new(),
                                 version: self.cfg.advertised_version,
+                                rstmdb_addr: String::new(),
                             },
                         );
                     }
@@ -413,7 +420,8 @@ impl Node {
         for (id, reply) in futures::future::join_all(probes).await {
             match reply {
                 Ok(s) if s.node_id == id => {
-                    self.live_versions.record(id, version_or_legacy(s.version))
+                    self.live_versions.record(id, version_or_legacy(s.version));
+                    self.live_versions.record_rstmdb(id, s.rstmdb_addr);
                 }
                 Ok(s) => {
                     tracing::debug!("the address of node {id} is served by node {}", s.node_id)
@@ -423,10 +431,12 @@ impl Node {
         }
     }
 
-    /// On the leader: learns every member's advertised version and, where
-    /// it differs from the membership entry (a node restarted on another
-    /// build), rewrites that entry (`SetNodes`, addresses unchanged), so
-    /// the stored config — what a new leader starts from — converges.
+    /// On the leader: learns every member's advertised version and rstmdb
+    /// address and, where they differ from the membership entry (a node
+    /// restarted on another build, or one joined before entries had an
+    /// rstmdb address), rewrites that entry (`SetNodes`, gRPC and HTTP
+    /// addresses unchanged), so the stored config — what a new leader
+    /// starts from — converges.
     async fn refresh_versions(&self) {
         let m = self.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
@@ -442,20 +452,23 @@ impl Node {
         let changed: BTreeMap<NodeId, NodeInfo> = membership
             .nodes()
             .filter_map(|(id, n)| {
-                let now = if *id == self.id {
-                    self.cfg.advertised_version
-                } else {
-                    self.live_versions.fresh(*id)?
-                };
-                (now != n.version).then(|| {
+                let (version, rstmdb) = if *id == self.id {
                     (
-                        *id,
-                        NodeInfo {
-                            version: now,
-                            ..n.clone()
-                        },
+                        Some(self.cfg.advertised_version),
+                        Some(self.cfg.rstmdb_advertised()),
                     )
-                })
+                } else {
+                    (
+                        self.live_versions.fresh(*id),
+                        self.live_versions.rstmdb(*id),
+                    )
+                };
+                let next = NodeInfo {
+                    version: version.unwrap_or(n.version),
+                    rstmdb_addr: rstmdb.unwrap_or_else(|| n.rstmdb_addr.clone()),
+                    ..n.clone()
+                };
+                (next != *n).then_some((*id, next))
             })
             .collect();
         // One change at a time: openraft refuses one while a joint config
@@ -466,8 +479,13 @@ impl Node {
         let what: Vec<String> = changed
             .iter()
             .map(|(id, n)| {
-                let was = membership.get_node(id).map_or(0, |o| o.version);
-                format!("node {id} version {was} → {}", n.version)
+                let (was, at) = membership
+                    .get_node(id)
+                    .map_or((0, ""), |o| (o.version, o.rstmdb_addr.as_str()));
+                format!(
+                    "node {id} version {was} → {}, rstmdb {at:?} → {:?}",
+                    n.version, n.rstmdb_addr
+                )
             })
             .collect();
         // Short: this runs in the state watcher, which shutdown waits for.
@@ -834,8 +852,16 @@ impl Node {
         // What it supports is what it says, not what the request says.
         let version = version_or_legacy(probe.version);
         self.live_versions.record(node_id, version);
+        self.live_versions
+            .record_rstmdb(node_id, probe.rstmdb_addr.clone());
+        let rstmdb_addr = if probe.rstmdb_addr.is_empty() {
+            node.rstmdb_addr.clone()
+        } else {
+            probe.rstmdb_addr.clone()
+        };
         let node = NodeInfo {
             version,
+            rstmdb_addr,
             ..node.clone()
         };
         let r = tokio::time::timeout(
@@ -1185,6 +1211,7 @@ impl ClusterOps for Node {
                 node_id: *id,
                 grpc_addr: n.grpc_addr.clone(),
                 http_addr: n.http_addr.clone(),
+                rstmdb_addr: n.rstmdb_addr.clone(),
                 voter: voters.contains(id),
                 matched_index: m
                     .replication
@@ -1489,5 +1516,13 @@ impl ClusterOps for Node {
 
     async fn cluster_progress(&self) -> Result<ClusterProgress, ClusterError> {
         self.progress().await
+    }
+
+    fn log_stats(&self) -> Result<LogStats, ClusterError> {
+        self.log_stats_now()
+    }
+
+    async fn compact(&self, force_snapshot: bool) -> Vec<LogCompaction> {
+        self.compact_members(force_snapshot).await
     }
 }

@@ -67,9 +67,30 @@ pub fn effective(
 #[derive(Clone, Default)]
 pub struct LiveVersions {
     inner: Arc<Mutex<HashMap<NodeId, (u32, Instant)>>>,
+    /// The rstmdb address each member last told; written back into its
+    /// membership entry with its version.
+    rstmdb: Arc<Mutex<HashMap<NodeId, String>>>,
 }
 
 impl LiveVersions {
+    pub fn record_rstmdb(&self, id: NodeId, addr: String) {
+        if !addr.is_empty() {
+            self.rstmdb
+                .lock()
+                .expect("live addresses poisoned")
+                .insert(id, addr);
+        }
+    }
+
+    /// The rstmdb address `id` last told, if it told one.
+    pub fn rstmdb(&self, id: NodeId) -> Option<String> {
+        self.rstmdb
+            .lock()
+            .expect("live addresses poisoned")
+            .get(&id)
+            .cloned()
+    }
+
     pub fn record(&self, id: NodeId, version: u32) {
         self.inner
             .lock()

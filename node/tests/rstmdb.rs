@@ -148,6 +148,31 @@ async fn machines_and_instances_through_a_follower_are_read_on_every_node() {
         let info = ci.info().await.unwrap();
         assert_eq!(info["node_id"], id);
         assert_eq!(info["leader_id"], l);
+        // Every member's rstmdb address, as its membership entry records it.
+        for m in 1..=3u64 {
+            let entry = info["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["node_id"] == m)
+                .unwrap_or_else(|| panic!("node {m} in INFO of node {id}: {info}"));
+            assert_eq!(entry["rstmdb_addr"], c.node(m).rstmdb_addr.to_string());
+            assert_eq!(entry["leader"], m == l);
+        }
+    }
+    let peers: Value = reqwest::get(format!("{}/peers", c.url(3)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for p in peers.as_array().unwrap() {
+        let m = p["node_id"].as_u64().unwrap();
+        assert_eq!(
+            p["rstmdb_addr"],
+            c.node(m).rstmdb_addr.to_string(),
+            "{peers}"
+        );
     }
     let missing = cf.get_instance("nope").await.unwrap_err();
     assert_eq!(code(&missing), Some(ErrorCode::InstanceNotFound));
@@ -391,4 +416,100 @@ async fn flush_all_waits_for_the_cluster_setting() {
         let e = ci.get_instance("f-1").await.unwrap_err();
         assert_eq!(code(&e), Some(ErrorCode::InstanceNotFound), "node {id}");
     }
+}
+
+/// WAL_STATS reports the node's Raft log in the shape the clients parse;
+/// COMPACT snapshots and purges every member, reports each, and leaves
+/// reads, writes and watch replay (the journal is kept apart) working.
+#[tokio::test(flavor = "multi_thread")]
+async fn compact_snapshots_and_purges_every_member_and_wal_stats_shows_it() {
+    let c = start_cluster(3).await.unwrap();
+    let l = leader(&c, &[1, 2, 3]).await;
+    let f = [1, 2, 3].into_iter().find(|&i| i != l).unwrap();
+    let cf = client(&c, f, None).await;
+    cf.put_machine("order", 1, serde_json::from_str(ORDER).unwrap())
+        .await
+        .unwrap();
+    cf.create_instance("order", 1, Some("c-1"), Some(json!({"amount": 5})), None)
+        .await
+        .unwrap();
+    let mut last = 0;
+    for n in 0..200 {
+        last = cf
+            .apply_event("c-1", "NOTE", Some(json!({ "n": n })), None, None)
+            .await
+            .unwrap()
+            .wal_offset;
+    }
+    let stats = cf.wal_stats().await.unwrap();
+    for k in [
+        "entry_count",
+        "segment_count",
+        "total_size_bytes",
+        "latest_offset",
+    ] {
+        assert!(stats[k].is_u64(), "{k} in {stats}");
+    }
+    assert!(stats["entry_count"].as_u64().unwrap() >= 200, "{stats}");
+    assert!(stats["latest_offset"].as_u64().unwrap() >= last, "{stats}");
+    let io = &stats["io_stats"];
+    assert!(io["fsyncs"].as_u64().unwrap() > 0, "{stats}");
+    assert!(io["writes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(io["bytes_written"].as_u64().unwrap() > 0, "{stats}");
+    for k in ["bytes_read", "reads"] {
+        assert!(io[k].is_u64(), "{k} in {stats}");
+    }
+
+    let r = cf.compact(true).await.unwrap();
+    assert_eq!(r["snapshots_created"], 3, "{r}");
+    assert_eq!(r["total_snapshots"], 3, "{r}");
+    for k in ["segments_deleted", "bytes_reclaimed", "wal_segments"] {
+        assert!(r[k].is_u64(), "{k} in {r}");
+    }
+    let nodes = r["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{r}");
+    for n in nodes {
+        assert!(n.get("error").is_none(), "{r}");
+        let snap = n["snapshot_index"].as_u64().unwrap();
+        assert!(snap >= last, "{r}");
+        assert_eq!(n["purged_index"].as_u64(), Some(snap), "{r}");
+    }
+    for id in [1, 2, 3] {
+        let ci = client(&c, id, None).await;
+        let s = ci.wal_stats().await.unwrap();
+        assert!(
+            s["entry_count"].as_u64().unwrap() < 20,
+            "node {id} kept its log: {s}"
+        );
+        let inst = ci.get_instance("c-1").await.unwrap();
+        assert_eq!(inst.ctx["n"], 199, "node {id}");
+    }
+    // Writes go on; a watch still replays from the start: the journal is
+    // not the log.
+    let next = cf
+        .apply_event("c-1", "NOTE", Some(json!({"n": 200})), None, None)
+        .await
+        .unwrap();
+    assert!(next.wal_offset > last);
+    let watcher = client(&c, 3, None).await;
+    let mut events = watcher.connection().subscribe_stream_events();
+    let r = watcher
+        .connection()
+        .request(
+            Operation::WatchInstance,
+            json!({"instance_id": "c-1", "from_offset": 1}),
+        )
+        .await
+        .unwrap();
+    assert!(!r.is_error(), "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while seen.len() < 201 {
+        let e = recv(&mut events, deadline)
+            .await
+            .expect("replayed events")
+            .unwrap();
+        seen.push(e.wal_offset);
+    }
+    assert_eq!(seen.last(), Some(&next.wal_offset));
 }

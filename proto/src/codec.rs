@@ -964,6 +964,7 @@ fn membership_to_pb(m: &Membership<NodeId, NodeInfo>) -> pb::Membership {
                         grpc_addr: n.grpc_addr.clone(),
                         http_addr: n.http_addr.clone(),
                         version: n.version,
+                        rstmdb_addr: n.rstmdb_addr.clone(),
                     },
                 )
             })
@@ -987,6 +988,7 @@ fn membership_from_pb(m: pb::Membership) -> Membership<NodeId, NodeInfo> {
                     grpc_addr: n.grpc_addr,
                     http_addr: n.http_addr,
                     version: version_or_legacy(n.version),
+                    rstmdb_addr: n.rstmdb_addr,
                 },
             )
         })
@@ -1125,6 +1127,7 @@ mod tests {
                         grpc_addr: "a:1".into(),
                         http_addr: "a:2".into(),
                         version: 2,
+                        rstmdb_addr: "a:3".into(),
                     },
                 ),
                 (2, NodeInfo::default()),

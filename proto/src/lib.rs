@@ -87,6 +87,63 @@ pub struct NodeInfo {
     /// 0.1 stored none: absent means [`LEGACY_VERSION`].
     #[serde(default = "legacy_version")]
     pub version: u32,
+    /// Address rstmdb clients use; empty when the node has not told it
+    /// (older entries), and then left out of the JSON form.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rstmdb_addr: String,
+}
+
+/// What compacting one node's log did; rstmdb's COMPACT reports one per
+/// member and sums them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogCompaction {
+    pub node_id: NodeId,
+    /// The snapshot the log is purged up to; none when there is none yet.
+    pub snapshot_index: Option<u64>,
+    /// A new snapshot was built (not only the current one reused).
+    pub snapshot_created: bool,
+    /// The last log index now purged.
+    pub purged_index: Option<u64>,
+    /// The log's table files and bytes on disk before and after.
+    pub files_before: u64,
+    pub files_after: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Why this member could not compact (unreachable, too old, failed);
+    /// the figures are then zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<pb::CompactReply> for LogCompaction {
+    fn from(r: pb::CompactReply) -> Self {
+        LogCompaction {
+            node_id: r.node_id,
+            snapshot_index: r.snapshot_index,
+            snapshot_created: r.snapshot_created,
+            purged_index: r.purged_index,
+            files_before: r.files_before,
+            files_after: r.files_after,
+            bytes_before: r.bytes_before,
+            bytes_after: r.bytes_after,
+            error: None,
+        }
+    }
+}
+
+impl From<&LogCompaction> for pb::CompactReply {
+    fn from(c: &LogCompaction) -> Self {
+        pb::CompactReply {
+            node_id: c.node_id,
+            snapshot_index: c.snapshot_index,
+            snapshot_created: c.snapshot_created,
+            purged_index: c.purged_index,
+            files_before: c.files_before,
+            files_after: c.files_after,
+            bytes_before: c.bytes_before,
+            bytes_after: c.bytes_after,
+        }
+    }
 }
 
 /// Nothing known about a node, its version included: the oldest.
@@ -96,6 +153,7 @@ impl Default for NodeInfo {
             grpc_addr: String::new(),
             http_addr: String::new(),
             version: LEGACY_VERSION,
+            rstmdb_addr: String::new(),
         }
     }
 }
@@ -106,7 +164,11 @@ impl fmt::Display for NodeInfo {
             f,
             "grpc={} http={} version={}",
             self.grpc_addr, self.http_addr, self.version
-        )
+        )?;
+        if !self.rstmdb_addr.is_empty() {
+            write!(f, " rstmdb={}", self.rstmdb_addr)?;
+        }
+        Ok(())
     }
 }
 
@@ -374,6 +436,14 @@ mod tests {
         let back: NodeInfo = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
         assert_eq!(back, n);
         assert_eq!(version_or_legacy(0), LEGACY_VERSION);
+        // An unknown rstmdb address adds nothing to the stored form; a known one round-trips.
+        assert!(!serde_json::to_string(&n).unwrap().contains("rstmdb"));
+        let n = NodeInfo {
+            rstmdb_addr: "a:3".into(),
+            ..n
+        };
+        let back: NodeInfo = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
         assert_eq!(version_or_legacy(3), 3);
     }
 

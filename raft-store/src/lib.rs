@@ -29,7 +29,7 @@ use raftmesh_proto::{KvEntry, NodeId};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use feed::{AppliedEntry, End, Feed, FeedError, Next, Subscription};
-pub use log_store::LogStore;
+pub use log_store::{LogIo, LogIoCounts, LogStore};
 pub use machine_read::InstancePage;
 pub use snapshot::{
     verify_received, FormatError, MAGIC as SNAPSHOT_MAGIC, SNAPSHOT_DIR,
@@ -140,12 +140,14 @@ pub fn open_with(
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
     let sm = StateMachine::new(db.clone(), dir, options)?;
     sm.check_purge_point(log_store::last_purged(&db)?)?;
+    let io = Arc::new(LogIo::default());
     let reader = StoreReader {
         db: db.clone(),
         feed: sm.feed(),
         gate: sm.gate(),
+        log_io: io.clone(),
     };
-    Ok((LogStore::new(db), sm, reader))
+    Ok((LogStore::new(db, io), sm, reader))
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -163,6 +165,17 @@ pub struct StoreReader {
     feed: Arc<Feed>,
     /// Shared with snapshot installs: a read never sees a half-installed state.
     gate: snapshot::StateGate,
+    /// The log's I/O counters, which the log store (owned by openraft) bumps.
+    log_io: Arc<LogIo>,
+}
+
+/// Where the Raft log's bytes are on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogFiles {
+    /// RocksDB table files holding log entries.
+    pub files: u64,
+    /// Their bytes plus the log's part of the memtables not yet flushed.
+    pub bytes: u64,
 }
 
 impl StoreReader {
@@ -174,6 +187,37 @@ impl StoreReader {
     /// The applied-event feed, to subscribe to.
     pub fn feed(&self) -> &Arc<Feed> {
         &self.feed
+    }
+
+    /// The log's I/O since the process started.
+    pub fn log_io(&self) -> LogIoCounts {
+        self.log_io.counts()
+    }
+
+    /// The log's table files and bytes.
+    pub fn log_files(&self) -> Result<LogFiles, StoreError> {
+        let mut out = LogFiles::default();
+        for f in self.db.live_files()? {
+            if f.column_family_name == CF_LOGS {
+                out.files += 1;
+                out.bytes += f.size as u64;
+            }
+        }
+        let mem = self
+            .db
+            .property_int_value_cf(cf(&self.db, CF_LOGS), "rocksdb.cur-size-all-mem-tables")?;
+        out.bytes += mem.unwrap_or(0);
+        Ok(out)
+    }
+
+    /// Rewrites the log's files so the space of purged entries (deleted as
+    /// a range, which RocksDB drops lazily) is given back now. Safe while
+    /// the log is written: RocksDB compacts alongside writes.
+    pub fn compact_log(&self) -> Result<(), StoreError> {
+        let logs = cf(&self.db, CF_LOGS);
+        self.db.flush_cf(logs)?;
+        self.db.compact_range_cf(logs, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
     }
 
     /// Where `domain`'s journal stands, and the retention in force.

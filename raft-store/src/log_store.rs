@@ -2,6 +2,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -44,15 +45,57 @@ fn decode_at(k: &[u8], v: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
     })
 }
 
+/// The log's I/O since the process started, as rstmdb's WAL_STATS reports
+/// its WAL's: entry bytes written and read, write batches and reads, and
+/// synced writes (each one WAL fsync).
+#[derive(Debug, Default)]
+pub struct LogIo {
+    pub bytes_written: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub writes: AtomicU64,
+    pub reads: AtomicU64,
+    pub fsyncs: AtomicU64,
+}
+
+/// A plain copy of [`LogIo`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogIoCounts {
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    pub writes: u64,
+    pub reads: u64,
+    pub fsyncs: u64,
+}
+
+impl LogIo {
+    pub fn counts(&self) -> LogIoCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LogIoCounts {
+            bytes_written: g(&self.bytes_written),
+            bytes_read: g(&self.bytes_read),
+            writes: g(&self.writes),
+            reads: g(&self.reads),
+            fsyncs: g(&self.fsyncs),
+        }
+    }
+
+    fn synced_write(&self, bytes: u64) {
+        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Log storage. Cheap to clone: openraft takes clones as log readers.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    io: Arc<LogIo>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<DB>, io: Arc<LogIo>) -> Self {
+        Self { db, io }
     }
 
     /// Stores `bytes` as the log entry at `index`, unchecked and synced.
@@ -74,8 +117,10 @@ impl LogStore {
     /// before openraft acts on it.
     fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
         let v = serde_json::to_vec(value)?;
+        let n = v.len() as u64;
         self.db
             .put_cf_opt(cf(&self.db, CF_RAFT_META), key, v, &synced())?;
+        self.io.synced_write(n);
         Ok(())
     }
 
@@ -114,8 +159,12 @@ impl LogStore {
             if end_exclusive.is_some_and(|end| idx >= end) {
                 break;
             }
+            self.io
+                .bytes_read
+                .fetch_add(v.len() as u64, Ordering::Relaxed);
             out.push(decode_at(&k, &v)?);
         }
+        self.io.reads.fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
 }
@@ -198,12 +247,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
+        let mut bytes = 0;
         for e in entries {
-            batch.put_cf(logs, idx_key(e.log_id.index), codec::encode_entry(&e));
+            let v = codec::encode_entry(&e);
+            bytes += v.len() as u64;
+            batch.put_cf(logs, idx_key(e.log_id.index), v);
         }
         let res = self.db.write_opt(batch, &synced());
         match res {
             Ok(()) => {
+                self.io.synced_write(bytes);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -224,7 +277,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // delete_range's end is exclusive; u64::MAX is never a real index.
         self.db
             .write_opt(batch, &synced())
-            .map_err(|e| StoreError::from(e).write())
+            .map_err(|e| StoreError::from(e).write())?;
+        self.io.synced_write(0);
+        Ok(())
     }
 
     /// Records the purge point and drops the entries in one synced batch, so
@@ -236,7 +291,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_range_cf(cf(&self.db, CF_LOGS), idx_key(0), idx_key(log_id.index + 1));
         self.db
             .write_opt(batch, &synced())
-            .map_err(|e| StoreError::from(e).write())
+            .map_err(|e| StoreError::from(e).write())?;
+        self.io.synced_write(0);
+        Ok(())
     }
 }
 

@@ -28,7 +28,10 @@ type Membership = StoredMembership<NodeId, NodeInfo>;
 #[derive(Default, Debug)]
 pub struct StateMachineMetrics {
     pub applied_entries: AtomicU64,
+    /// Snapshot builds started.
     pub snapshots_built: AtomicU64,
+    /// Snapshot builds finished and saved (COMPACT waits for one).
+    pub snapshots_saved: AtomicU64,
     pub snapshots_installed: AtomicU64,
 }
 
@@ -152,6 +155,7 @@ impl SnapshotBuilder {
     /// See [`Snapshots::save`].
     pub(crate) fn save(&self, captured: Captured) -> Result<Snapshot<TypeConfig>, StoreError> {
         let (meta, f) = self.snapshots.save(captured)?;
+        self.metrics.snapshots_saved.fetch_add(1, Ordering::Relaxed);
         Ok(open_snapshot(meta, f))
     }
 }

@@ -513,6 +513,34 @@ impl<B: Backend> Conn<B> {
                 self.answer(&req.id, r).await
             }
             op if ops::is_write(op) => self.queue_write(req, permit).await,
+            "WAL_STATS" => {
+                let r = self.backend.log_stats().map_err(WireError::from);
+                self.answer(&req.id, r.map(|s| (wal_stats(&s), 0))).await
+            }
+            "COMPACT" => {
+                let force = match req.params.get("force_snapshot") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(other) => {
+                        let e = WireError::BadRequest(format!(
+                            "force_snapshot must be a boolean, not {other}"
+                        ));
+                        return self.answer(&req.id, Err(e)).await;
+                    }
+                };
+                let (b, out, trace) = (self.backend.clone(), self.out.clone(), self.trace(&req.id));
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let r = compact_result(b.compact(force).await);
+                    let meta = meta_of(&b.raft_view(), 0, trace);
+                    let msg = match r {
+                        Ok(v) => wire::ok(&req.id, v, &meta),
+                        Err(e) => wire::error(&req.id, &e, &meta),
+                    };
+                    let _ = out.send(Out::Msg(msg)).await;
+                });
+                true
+            }
             "GET_MACHINE" | "LIST_MACHINES" | "GET_INSTANCE" | "LIST_INSTANCES" | "WAL_READ"
             | "SNAPSHOT_INSTANCE" => {
                 let (b, out, trace) = (self.backend.clone(), self.out.clone(), self.trace(&req.id));
@@ -615,6 +643,13 @@ impl<B: Backend> Conn<B> {
             "leader_id": s.leader,
             "term": s.term,
             "commit_index": s.committed_index,
+            // Where each member serves rstmdb: a client may go to any.
+            "members": s.members.iter().map(|m| json!({
+                "node_id": m.node_id,
+                "rstmdb_addr": m.rstmdb_addr,
+                "voter": m.voter,
+                "leader": s.leader == Some(m.node_id),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -956,6 +991,49 @@ async fn read<B: Backend>(
         }
         other => return Err(WireError::BadRequest(format!("unknown op {other:?}"))),
     })
+}
+
+/// WAL_STATS in rstmdb's shape (the Python client requires every field),
+/// over this node's Raft log: its entries, RocksDB files and bytes, and
+/// its I/O since the process started.
+fn wal_stats(s: &crate::seam::LogStats) -> Value {
+    json!({
+        "entry_count": s.entries,
+        "segment_count": s.files,
+        "total_size_bytes": s.bytes,
+        "latest_offset": s.last_index,
+        "first_offset": s.first_index,
+        "node_id": s.node_id,
+        "io_stats": {
+            "bytes_written": s.bytes_written,
+            "bytes_read": s.bytes_read,
+            "writes": s.writes,
+            "reads": s.reads,
+            "fsyncs": s.fsyncs,
+        },
+    })
+}
+
+/// COMPACT's answer: the sums the rstmdb CLI prints, and each member's
+/// report. Fails only when no member compacted.
+fn compact_result(nodes: Vec<raftmesh_proto::LogCompaction>) -> Result<Value, WireError> {
+    if !nodes.is_empty() && nodes.iter().all(|n| n.error.is_some()) {
+        let why: Vec<&str> = nodes.iter().filter_map(|n| n.error.as_deref()).collect();
+        return Err(WireError::Internal(format!(
+            "no member compacted: {}",
+            why.join("; ")
+        )));
+    }
+    let ok = || nodes.iter().filter(|n| n.error.is_none());
+    let sum = |f: fn(&raftmesh_proto::LogCompaction) -> u64| ok().map(f).sum::<u64>();
+    Ok(json!({
+        "snapshots_created": ok().filter(|n| n.snapshot_created).count(),
+        "segments_deleted": sum(|n| n.files_before.saturating_sub(n.files_after)),
+        "bytes_reclaimed": sum(|n| n.bytes_before.saturating_sub(n.bytes_after)),
+        "total_snapshots": ok().filter(|n| n.snapshot_index.is_some()).count(),
+        "wal_segments": sum(|n| n.files_after),
+        "nodes": nodes,
+    }))
 }
 
 /// A journal event as rstmdb's WAL_READ tags it.
