@@ -6,8 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 
-/// Routes anyone may call; everything else is internal-only.
-pub(crate) const PUBLIC_ROUTES: [&str; 4] = ["/health", "/ready", "/ping", "/version"];
+/// Routes anyone may call; everything else is internal-only. `/rstmdb`
+/// has rstmdb's own bearer tokens instead.
+pub(crate) const PUBLIC_ROUTES: [&str; 5] = ["/health", "/ready", "/ping", "/version", "/rstmdb"];
 
 pub(crate) fn is_public_route(path: &str) -> bool {
     PUBLIC_ROUTES.contains(&path)

@@ -1,5 +1,6 @@
-//! raftmesh's HTTP gateway: the axum routes of the compatible APIs (pm3 KV
-//! and CAS today), their JSON shapes, the operations routes, and the seam
+//! raftmesh's HTTP gateway: the axum routes of the compatible APIs (pm3 KV,
+//! CAS and watch; rstmdb over WebSocket and POST, and its TCP wire), their
+//! JSON shapes, the operations routes, and the seam
 //! traits ([`seam`]) through which all of it reaches the cluster.
 //!
 //! The gateway owns HTTP concerns only: routing, request validation, status
@@ -57,6 +58,9 @@ pub struct GatewayConfig {
     /// A watch on a node that has had no leader this long is ended, so its
     /// client moves to a node that has one (the election timeout).
     pub watch_leaderless: std::time::Duration,
+    /// rstmdb's limits and tokens, for `GET`/`POST /rstmdb` (the same as
+    /// the TCP listener's).
+    pub rstmdb: rstmdb::RstmdbConfig,
 }
 
 impl Default for GatewayConfig {
@@ -66,6 +70,7 @@ impl Default for GatewayConfig {
             max_value_bytes: 1024 * 1024,
             max_list_keys: 10_000,
             watch_leaderless: std::time::Duration::from_millis(3000),
+            rstmdb: rstmdb::RstmdbConfig::default(),
         }
     }
 }
@@ -86,6 +91,7 @@ impl GatewayConfig {
 pub(crate) struct AppState<B> {
     pub(crate) backend: Arc<B>,
     pub(crate) cfg: Arc<GatewayConfig>,
+    pub(crate) rstmdb: Arc<rstmdb::RstmdbConfig>,
     pub(crate) metrics: Arc<metrics::HttpMetrics>,
     /// Turns true when the server begins to shut down: long-lived streams
     /// (watches) end then, so draining does not wait on them forever.
@@ -98,6 +104,7 @@ impl<B> Clone for AppState<B> {
         AppState {
             backend: self.backend.clone(),
             cfg: self.cfg.clone(),
+            rstmdb: self.rstmdb.clone(),
             metrics: self.metrics.clone(),
             stopping: self.stopping.clone(),
         }
@@ -122,6 +129,7 @@ fn router_stopping<B: Backend>(
     let state = AppState {
         backend,
         metrics: Arc::new(metrics::HttpMetrics::default()),
+        rstmdb: Arc::new(cfg.rstmdb.clone()),
         cfg: Arc::new(cfg),
         stopping,
     };
@@ -132,6 +140,7 @@ fn router_stopping<B: Backend>(
         .merge(pm3::routes::<B>(&state.cfg))
         .merge(ops::routes::<B>())
         .merge(ops::settings_routes::<B>())
+        .merge(rstmdb::routes::<B>(&state.rstmdb))
         .fallback(layers::fallback)
         .method_not_allowed_fallback(layers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.body_limit()))

@@ -84,6 +84,7 @@ impl RunningNode {
             max_value_bytes: cfg.max_value_bytes,
             max_list_keys: cfg.max_list_keys,
             watch_leaderless: std::time::Duration::from_millis(cfg.election_timeout_max_ms),
+            rstmdb: rstmdb_cfg.clone(),
         };
         let node = Node::start(cfg).await?;
 

@@ -53,6 +53,7 @@ fn small_cfg() -> GatewayConfig {
         max_value_bytes: 100,
         max_list_keys: 10_000,
         watch_leaderless: std::time::Duration::from_secs(1),
+        ..GatewayConfig::default()
     }
 }
 

@@ -513,3 +513,155 @@ async fn compact_snapshots_and_purges_every_member_and_wal_stats_shows_it() {
     }
     assert_eq!(seen.last(), Some(&next.wal_offset));
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame's JSON, within 10 s.
+async fn next_text(ws: &mut Ws) -> Value {
+    use futures::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame")
+            .expect("open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+/// `POST /rstmdb` answers one envelope with rstmdb's tokens (not the pm3
+/// internal rule) and an HTTP status from the error code; `GET /rstmdb` is a
+/// WebSocket with the TCP wire's dispatch: AUTH, pipelining, and a watch
+/// on node 3 seeing events written through node 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_serves_rstmdb_over_post_and_websocket() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let hash = raftmesh_gateway::rstmdb::token_hash("s3cret");
+    let c = start_cluster_with(3, |cfg| cfg.rstmdb_token_hashes = vec![hash.clone()])
+        .await
+        .unwrap();
+    leader(&c, &[1, 2, 3]).await;
+    let http = reqwest::Client::new();
+    let post = |node: u64, token: Option<&'static str>, body: Value| {
+        let mut r = http
+            .post(format!("{}/rstmdb", c.url(node)))
+            .body(body.to_string());
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let req = |id: &str, op: &str, params: Value| json!({"type": "request", "id": id, "op": op, "params": params});
+
+    let (s, v) = post(2, None, req("1", "PING", json!({}))).await;
+    assert_eq!((s, &v["status"]), (200, &json!("ok")), "{v}");
+    let (s, v) = post(2, None, req("2", "LIST_MACHINES", json!({}))).await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (401, &json!("UNAUTHORIZED")),
+        "{v}"
+    );
+    let (s, v) = post(2, Some("wrong"), req("3", "LIST_MACHINES", json!({}))).await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (401, &json!("AUTH_FAILED")),
+        "{v}"
+    );
+    let def: Value = serde_json::from_str(ORDER).unwrap();
+    let put = json!({"machine": "order", "version": 1, "definition": def});
+    let (s, v) = post(2, Some("s3cret"), req("4", "PUT_MACHINE", put)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], "4");
+    assert!(v["meta"]["wal_offset"].as_u64().unwrap() > 0, "{v}");
+    let get = json!({"machine": "order", "version": 1});
+    let (s, v) = post(3, Some("s3cret"), req("5", "GET_MACHINE", get)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["result"]["definition"]["initial"], "pending");
+    let (s, v) = post(
+        3,
+        Some("s3cret"),
+        req("6", "GET_INSTANCE", json!({"instance_id": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (404, &json!("INSTANCE_NOT_FOUND")),
+        "{v}"
+    );
+    let (s, v) = post(1, Some("s3cret"), req("7", "WATCH_ALL", json!({}))).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("WebSocket"),
+        "{v}"
+    );
+    let (s, v) = post(1, Some("s3cret"), json!("not an envelope")).await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (400, &json!("BAD_REQUEST")),
+        "{v}"
+    );
+
+    // A WebSocket on node 3: AUTH in band, then pipelined requests.
+    let url = format!("ws://{}/rstmdb", c.node(3).http_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let send = |v: Value| Message::Text(v.to_string().into());
+    ws.send(send(req("a", "WATCH_ALL", json!({}))))
+        .await
+        .unwrap();
+    ws.send(send(req(
+        "b",
+        "AUTH",
+        json!({"method": "bearer", "token": "s3cret"}),
+    )))
+    .await
+    .unwrap();
+    ws.send(send(req("c", "WATCH_ALL", json!({"machines": ["order"]}))))
+        .await
+        .unwrap();
+    ws.send(send(req("d", "PING", json!({})))).await.unwrap();
+    let a = next_text(&mut ws).await;
+    assert_eq!(
+        (&a["id"], &a["error"]["code"]),
+        (&json!("a"), &json!("UNAUTHORIZED")),
+        "{a}"
+    );
+    let b = next_text(&mut ws).await;
+    assert_eq!((&b["id"], &b["status"]), (&json!("b"), &json!("ok")), "{b}");
+    let w = next_text(&mut ws).await;
+    assert_eq!(w["id"], "c", "{w}");
+    assert!(w["result"]["subscription_id"].is_string(), "{w}");
+    let d = next_text(&mut ws).await;
+    assert_eq!(d["id"], "d", "{d}");
+
+    let create = json!({"machine": "order", "version": 1, "instance_id": "ws-1",
+                        "initial_ctx": {"amount": 3}});
+    let (s, v) = post(1, Some("s3cret"), req("8", "CREATE_INSTANCE", create)).await;
+    assert_eq!(s, 200, "{v}");
+    let mut offsets = Vec::new();
+    for (i, ev) in ["PAY", "SHIP"].iter().enumerate() {
+        let p = json!({"instance_id": "ws-1", "event": ev});
+        let (s, v) = post(1, Some("s3cret"), req(&format!("e{i}"), "APPLY_EVENT", p)).await;
+        assert_eq!(s, 200, "{v}");
+        offsets.push(v["result"]["wal_offset"].as_u64().unwrap());
+    }
+    for (i, want) in offsets.iter().enumerate() {
+        let e = next_text(&mut ws).await;
+        assert_eq!(e["type"], "event", "{e}");
+        assert_eq!(e["instance_id"], "ws-1");
+        assert_eq!(e["wal_offset"].as_u64(), Some(*want), "event {i}: {e}");
+    }
+    assert!(offsets[0] < offsets[1], "applied in the order sent");
+    ws.close(None).await.unwrap();
+}

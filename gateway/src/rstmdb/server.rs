@@ -90,7 +90,6 @@ pub async fn run<B: Backend>(
     }
     let (stop, stopping) = watch::channel(false);
     let cfg = Arc::new(cfg);
-    let next_conn = AtomicU64::new(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -105,11 +104,10 @@ pub async fn run<B: Backend>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = next_conn.fetch_add(1, Ordering::Relaxed);
                 let (b, c, s) = (backend.clone(), cfg.clone(), stopping.clone());
                 tokio::spawn(async move {
-                    serve(stream, b, c, conn, s).await;
-                    tracing::debug!(%peer, conn, "rstmdb connection closed");
+                    serve(stream, b, c, s).await;
+                    tracing::debug!(%peer, "rstmdb connection closed");
                 });
             }
         }
@@ -118,7 +116,11 @@ pub async fn run<B: Backend>(
     Ok(())
 }
 
-enum Out {
+/// Connection numbers, unique in this process over every transport: a
+/// connection's number names its ordered write key and its trace ids.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) enum Out {
     Msg(Value),
     /// Frame what follows in this mode (after HELLO's answer).
     Mode(WireMode),
@@ -153,13 +155,13 @@ fn meta_of(view: &crate::seam::RaftView, wal_offset: u64, trace_id: String) -> M
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-struct Conn<B: Backend> {
+pub(crate) struct Conn<B: Backend> {
     backend: Arc<B>,
     cfg: Arc<RstmdbConfig>,
     conn: u64,
@@ -167,21 +169,88 @@ struct Conn<B: Backend> {
     writes: mpsc::Sender<WriteJob>,
     permits: Arc<Semaphore>,
     mode: WireMode,
-    authed: bool,
+    /// Set by AUTH, or up front when no tokens are configured or the
+    /// HTTP request carried a valid bearer token.
+    pub(crate) authed: bool,
     watches: HashMap<String, tokio::task::AbortHandle>,
     next_sub: u64,
+    /// False on one-shot HTTP requests: a watch needs a connection.
+    pub(crate) watches_allowed: bool,
+}
+
+impl<B: Backend> Conn<B> {
+    /// A connection answering into `out`, with its write sequencer running
+    /// (it ends once the connection is dropped and its queued writes are
+    /// answered).
+    pub(crate) fn open(
+        backend: Arc<B>,
+        cfg: Arc<RstmdbConfig>,
+        out: mpsc::Sender<Out>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let (write_tx, write_rx) = mpsc::channel::<WriteJob>(cfg.max_in_flight.max(1));
+        let sequencer = tokio::spawn(sequence(
+            backend.clone(),
+            out.clone(),
+            write_rx,
+            format!("rstmdb-{}-{conn}", cfg.node_id),
+        ));
+        let c = Conn {
+            backend,
+            conn,
+            out,
+            writes: write_tx,
+            permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+            mode: WireMode::BinaryJson,
+            authed: cfg.token_hashes.is_none(),
+            watches: HashMap::new(),
+            next_sub: 1,
+            watches_allowed: true,
+            cfg,
+        };
+        (c, sequencer)
+    }
+
+    /// Ends the connection's watches and waits for its queued writes to be
+    /// answered.
+    pub(crate) async fn finish(mut self, sequencer: tokio::task::JoinHandle<()>) {
+        for (_, w) in self.watches.drain() {
+            w.abort();
+        }
+        drop(self);
+        let _ = sequencer.await;
+    }
+}
+
+/// The JSON text of an outgoing message, never over `max` bytes: an answer
+/// the client's decoder would refuse is replaced by an error naming its size.
+pub(crate) fn fit(v: &Value, max: usize) -> Vec<u8> {
+    let text = serde_json::to_vec(v).expect("JSON values serialize");
+    if text.len() <= max {
+        return text;
+    }
+    let id = v.get("id").and_then(Value::as_str).unwrap_or("");
+    let e = WireError::BadRequest(format!(
+        "the answer is {} bytes, over the {max}-byte frame limit; ask for less (limit)",
+        text.len()
+    ));
+    let meta = v.get("meta").cloned().unwrap_or(Value::Null);
+    let mut r =
+        json!({"type": "response", "id": id, "status": "error", "error": wire::error_object(&e)});
+    if meta.is_object() {
+        r["meta"] = meta;
+    }
+    serde_json::to_vec(&r).expect("JSON values serialize")
 }
 
 async fn serve<B: Backend>(
     stream: TcpStream,
     backend: Arc<B>,
     cfg: Arc<RstmdbConfig>,
-    conn_id: u64,
     mut stopping: watch::Receiver<bool>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(cfg.out_buffer.max(1));
-    let (write_tx, write_rx) = mpsc::channel::<WriteJob>(cfg.max_in_flight.max(1));
     let max = cfg.max_frame_bytes;
     let writer = tokio::spawn(async move {
         let mut mode = WireMode::BinaryJson;
@@ -210,24 +279,7 @@ async fn serve<B: Backend>(
             }
         }
     });
-    let mut c = Conn {
-        backend: backend.clone(),
-        cfg: cfg.clone(),
-        conn: conn_id,
-        out: out_tx.clone(),
-        writes: write_tx,
-        permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-        mode: WireMode::BinaryJson,
-        authed: cfg.token_hashes.is_none(),
-        watches: HashMap::new(),
-        next_sub: 1,
-    };
-    let sequencer = tokio::spawn(sequence(
-        backend,
-        out_tx.clone(),
-        write_rx,
-        format!("rstmdb-{}-{conn_id}", cfg.node_id),
-    ));
+    let (mut c, sequencer) = Conn::open(backend, cfg, out_tx.clone());
     let mut buf = BytesMut::with_capacity(8192);
     let mut first = true;
     'read: loop {
@@ -275,34 +327,16 @@ async fn serve<B: Backend>(
             _ = stopping.wait_for(|s| *s) => break 'read,
         }
     }
-    for (_, w) in c.watches.drain() {
-        w.abort();
-    }
-    drop(c);
     // The sequencer finishes the writes already queued, then the writer
     // sends what is left and closes.
-    let _ = sequencer.await;
+    c.finish(sequencer).await;
     let _ = out_tx.send(Out::Close).await;
     drop(out_tx);
     let _ = writer.await;
 }
 
 fn encode(buf: &mut BytesMut, mode: WireMode, v: &Value, max: usize) {
-    let mut text = serde_json::to_vec(v).expect("JSON values serialize");
-    if text.len() > max {
-        // Never send what the client's decoder refuses: answer the size.
-        let id = v.get("id").and_then(Value::as_str).unwrap_or("");
-        let e = WireError::BadRequest(format!(
-            "the answer is {} bytes, over the {max}-byte frame limit; ask for less (limit)",
-            text.len()
-        ));
-        let meta = v.get("meta").cloned().unwrap_or(Value::Null);
-        let mut r = json!({"type": "response", "id": id, "status": "error", "error": wire::error_object(&e)});
-        if meta.is_object() {
-            r["meta"] = meta;
-        }
-        text = serde_json::to_vec(&r).expect("JSON values serialize");
-    }
+    let text = fit(v, max);
     match mode {
         WireMode::BinaryJson => frame::encode_frame(buf, &text),
         WireMode::Jsonl => {
@@ -476,7 +510,7 @@ impl<B: Backend> Conn<B> {
     }
 
     /// Handles one request; false when the connection is to close.
-    async fn request(&mut self, text: &str) -> bool {
+    pub(crate) async fn request(&mut self, text: &str) -> bool {
         let req = match wire::parse_request(text) {
             Ok(r) => r,
             Err((id, e)) => return self.answer(id.as_deref().unwrap_or(""), Err(e)).await,
@@ -676,6 +710,13 @@ impl<B: Backend> Conn<B> {
     }
 
     async fn watch(&mut self, req: Request) -> bool {
+        if !self.watches_allowed {
+            let e = WireError::BadRequest(format!(
+                "{} needs a connection: use the WebSocket GET /rstmdb or the TCP port",
+                req.op
+            ));
+            return self.answer(&req.id, Err(e)).await;
+        }
         let p = &req.params;
         let parsed = (|| -> Result<(Filter, bool, Option<u64>), WireError> {
             let include_ctx = p

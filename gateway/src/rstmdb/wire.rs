@@ -113,6 +113,34 @@ fn cluster_fields(c: &ClusterError) -> (&'static str, String, bool, Option<Value
     }
 }
 
+/// The HTTP status of an answer to `POST /rstmdb`, read off the envelope
+/// [`error_fields`] made, so the two never disagree: 200 for a success; a
+/// cluster failure is 503 when retry is safe and 504 when the outcome is
+/// unknown, as on the pm3 routes.
+pub fn http_status(envelope: &Value) -> u16 {
+    let Some(e) = envelope.get("error") else {
+        return 200;
+    };
+    let details = e.get("details");
+    let cluster = details.and_then(|d| d.get("cluster")).is_some();
+    let unknown = details.and_then(|d| d.get("outcome")) == Some(&json!("unknown"));
+    match e.get("code").and_then(Value::as_str).unwrap_or("") {
+        "BAD_REQUEST" | "UNSUPPORTED_PROTOCOL" => 400,
+        "UNAUTHORIZED" | "AUTH_FAILED" => 401,
+        "NOT_FOUND" | "MACHINE_NOT_FOUND" | "INSTANCE_NOT_FOUND" => 404,
+        "MACHINE_VERSION_EXISTS"
+        | "INSTANCE_EXISTS"
+        | "CONFLICT"
+        | "INVALID_TRANSITION"
+        | "GUARD_FAILED"
+        | "MACHINE_VERSION_LIMIT_EXCEEDED" => 409,
+        "RATE_LIMITED" => 429,
+        _ if unknown => 504,
+        _ if cluster => 503,
+        _ => 500,
+    }
+}
+
 /// The `meta` object of a response, from the node's Raft state.
 #[derive(Clone, Debug)]
 pub struct Meta {
@@ -245,6 +273,33 @@ pub fn rfc3339(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// POST /rstmdb's status follows the envelope's code; a cluster failure
+    /// is 503 when a retry is safe and 504 when the outcome is unknown.
+    #[test]
+    fn http_status_follows_the_error_code_and_retry_safety() {
+        let meta = Meta {
+            leader: false,
+            wal_offset: 1,
+            server_time_ms: 0,
+            trace_id: "t".into(),
+        };
+        let st = |e: WireError| http_status(&error("1", &e, &meta));
+        assert_eq!(http_status(&ok("1", json!({}), &meta)), 200);
+        assert_eq!(st(WireError::BadRequest("x".into())), 400);
+        assert_eq!(st(WireError::Unauthorized), 401);
+        assert_eq!(st(ClusterError::no_leader("x").into()), 503);
+        assert_eq!(st(ClusterError::not_ready("x").into()), 503);
+        assert_eq!(st(ClusterError::unknown("x").into()), 504);
+        assert_eq!(st(ClusterError::timed_out("x").into()), 504);
+        assert_eq!(st(ClusterError::internal("x").into()), 500);
+        let conflict = MachineError {
+            code: raftmesh_proto::MachineErrorCode::Conflict,
+            message: "x".into(),
+            details: None,
+        };
+        assert_eq!(st(conflict.into()), 409);
+    }
 
     #[test]
     fn times_are_rfc3339_utc() {
