@@ -84,6 +84,8 @@ grep -q INVALID_TRANSITION <<<"$out"
 check "cli: a refused event names INVALID_TRANSITION"
 out="$(cli "$F" delete-instance order-001)"
 check "cli delete-instance"
+out="$(cli "$F" compact -f)" && grep -q 'Snapshots created: *3' <<<"$out"
+check "cli compact: a snapshot on each of the 3 members"
 
 # The Python client against every node.
 out="$(RSTMDB_PORTS="$RSTMDB_PORT,$((RSTMDB_PORT + 1)),$((RSTMDB_PORT + 2))" timeout 60 "$PY/bin/python" - <<'EOF' 2>&1
@@ -110,6 +112,8 @@ async def main():
             l = await c.list_instances(machine="py")
             assert l.total == 2 and [i.id for i in l.instances] == ["p-1", "p-2"], l
             assert await c.ping()
+            w = await c.wal_stats()
+            assert w.entry_count >= 0 and w.io_stats.fsyncs > 0, w
             print(f"port {p}: ok")
 
 asyncio.run(main())

@@ -4,7 +4,9 @@
 //! most one write per key, so a key's revision (the entry's index) still
 //! names exactly one value; a second write to the same key waits for the
 //! next batch. A few batches may be in flight at once to keep the Raft
-//! pipeline full.
+//! pipeline full; a batch is taken and handed to Raft under one lock, so
+//! entries reach the log in the order they were packed — the second write
+//! to a key, or a connection's next write, never lands before the first.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,8 @@ pub struct WriteBatcher {
     raft: Raft<TypeConfig>,
     limits: Limits,
     state: Mutex<State>,
+    /// Held from taking a batch until Raft has it: packing order is log order.
+    submit: tokio::sync::Mutex<()>,
 }
 
 struct Pending {
@@ -142,6 +146,7 @@ impl WriteBatcher {
             raft,
             limits,
             state: Mutex::default(),
+            submit: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -247,28 +252,48 @@ impl WriteBatcher {
     }
 
     async fn drive(self: Arc<Self>) {
-        while let Some(batch) = self.take_batch() {
-            let deadline = batch
-                .iter()
-                .map(|p| p.deadline)
-                .min()
-                .expect("a batch is not empty");
-            let (cmds, replies): (Vec<Cmd>, Vec<Reply>) =
-                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            let single = cmds.len() == 1;
-            let cmd = if single {
-                cmds.into_iter().next().expect("one")
-            } else {
-                Cmd::Pack(cmds)
+        loop {
+            let submitted = {
+                let _order = self.submit.lock().await;
+                let Some(batch) = self.take_batch() else {
+                    return;
+                };
+                let deadline = batch
+                    .iter()
+                    .map(|p| p.deadline)
+                    .min()
+                    .expect("a batch is not empty");
+                let (cmds, replies): (Vec<Cmd>, Vec<Reply>) =
+                    batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+                let single = cmds.len() == 1;
+                let cmd = if single {
+                    cmds.into_iter().next().expect("one")
+                } else {
+                    Cmd::Pack(cmds)
+                };
+                let entry = LogEntry {
+                    time_ms: now_ms(),
+                    cmd,
+                };
+                // Only the hand-over to Raft is under the lock; the wait
+                // for commit is not.
+                let rx = self.raft.client_write_ff(entry).await;
+                (rx, deadline, single, replies)
             };
-            let entry = LogEntry {
-                time_ms: now_ms(),
-                cmd,
+            let (rx, deadline, single, replies) = submitted;
+            let rx = match rx {
+                Ok(rx) => rx,
+                Err(fatal) => {
+                    let err = classify::write_failure(openraft::error::RaftError::Fatal(fatal));
+                    for tx in replies {
+                        let _ = tx.send(Err(err.clone()));
+                    }
+                    continue;
+                }
             };
             let wait = deadline.saturating_duration_since(Instant::now());
-            let outcome = tokio::time::timeout(wait, self.raft.client_write(entry)).await;
-            match outcome {
-                Ok(Ok(resp)) => {
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Ok(resp))) => {
                     let index = resp.log_id.index;
                     match resp.data {
                         ApplyResult::Pack(results) if !single => {
@@ -283,10 +308,19 @@ impl WriteBatcher {
                         }
                     }
                 }
-                Ok(Err(e)) => {
-                    let err = classify::write_failure(e);
+                Ok(Ok(Err(e))) => {
+                    let err = classify::write_failure(openraft::error::RaftError::APIError(e));
                     for tx in replies {
                         let _ = tx.send(Err(err.clone()));
+                    }
+                }
+                // Raft dropped the request (it stopped): it may have been
+                // appended, so the outcome is unknown.
+                Ok(Err(_)) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(ClusterError::unknown(
+                            "Raft stopped while the write was in flight; it may still be applied",
+                        )));
                     }
                 }
                 Err(_) => {

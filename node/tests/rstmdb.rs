@@ -665,3 +665,154 @@ async fn the_gateway_serves_rstmdb_over_post_and_websocket() {
     assert!(offsets[0] < offsets[1], "applied in the order sent");
     ws.close(None).await.unwrap();
 }
+
+/// A raw rstmdb connection (our own framing), for a watcher that reads
+/// only when the test says so.
+struct Raw {
+    s: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr) -> Raw {
+        Raw {
+            s: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, id: &str, op: &str, params: Value) {
+        use tokio::io::AsyncWriteExt;
+        let v = json!({"type": "request", "id": id, "op": op, "params": params});
+        let mut out = bytes::BytesMut::new();
+        raftmesh_gateway::rstmdb::frame::encode_frame(&mut out, v.to_string().as_bytes());
+        self.s.write_all(&out).await.unwrap();
+    }
+
+    async fn next(&mut self, within: Duration) -> Value {
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(text) =
+                raftmesh_gateway::rstmdb::frame::decode_frame(&mut self.buf, 32 << 20).unwrap()
+            {
+                return serde_json::from_str(&text).unwrap();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.s.read_buf(&mut self.buf))
+                .await
+                .expect("a message in time")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+        }
+    }
+}
+
+/// A watcher that stops reading falls behind the live buffer: it gets every
+/// event up to a point, then a `subscription_end` naming that point, and a
+/// new watch from the next offset gets the rest — nothing skipped silently,
+/// nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_too_slow_for_its_buffer_is_told_and_resumes_without_gap() {
+    let c = start_cluster_with(1, |cfg| cfg.feed_buffer = 2)
+        .await
+        .unwrap();
+    let w = client(&c, 1, None).await;
+    w.put_machine("order", 1, serde_json::from_str(ORDER).unwrap())
+        .await
+        .unwrap();
+    w.create_instance("order", 1, Some("s-1"), None, None)
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(c.node(1).rstmdb_addr).await;
+    raw.send("h", "HELLO", json!({"protocol_version": 1})).await;
+    raw.next(Duration::from_secs(5)).await;
+    raw.send("w", "WATCH_ALL", json!({})).await;
+    let r = raw.next(Duration::from_secs(5)).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    // Fat events, many at once, while the watcher reads nothing: its socket,
+    // then its queue fill, and the feed's 2-entry buffer overflows.
+    let fat = "x".repeat(4096);
+    let mut acked = Vec::new();
+    for b in 0..40 {
+        let ops: Vec<Value> = (0..50)
+            .map(|i| {
+                json!({"op": "APPLY_EVENT", "params": {"instance_id": "s-1", "event": "NOTE",
+                       "payload": {"fat": fat, "n": b * 50 + i}}})
+            })
+            .collect();
+        let r = w.batch(ops, false).await.unwrap();
+        for item in r["results"].as_array().unwrap() {
+            acked.push(item["result"]["wal_offset"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        acked.windows(2).all(|w| w[0] < w[1]),
+        "one connection's writes are applied in the order sent"
+    );
+    let mut seen = Vec::new();
+    let last = loop {
+        let m = raw.next(Duration::from_secs(10)).await;
+        match m["type"].as_str() {
+            Some("event") => seen.push(m["wal_offset"].as_u64().unwrap()),
+            Some("subscription_end") => {
+                assert_eq!(m["reason"], "lagged", "{m}");
+                break m["last_wal_offset"].as_u64().unwrap();
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    };
+    assert!(seen.len() < acked.len(), "the watcher should have lagged");
+    assert_eq!(
+        seen,
+        acked[..seen.len()],
+        "everything up to the end, in order"
+    );
+    assert!(
+        *seen.last().unwrap_or(&0) <= last && acked[seen.len()] > last,
+        "the end names the last offset delivered"
+    );
+    raw.send("w2", "WATCH_ALL", json!({"from_offset": last + 1}))
+        .await;
+    let r = raw.next(Duration::from_secs(5)).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    while seen.len() < acked.len() {
+        let m = raw.next(Duration::from_secs(10)).await;
+        assert_eq!(m["type"], "event", "{m}");
+        seen.push(m["wal_offset"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen, acked,
+        "the resumed watch continues without gap or duplicate"
+    );
+}
+
+/// A watch on a node cut off from its leader ends with `no_leader` once an
+/// election timeout has passed, and the real client's read loop survives
+/// the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_on_a_node_without_a_leader_ends_and_the_client_survives_it() {
+    let mut c = start_cluster(3).await.unwrap();
+    let l = leader(&c, &[1, 2, 3]).await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != l).collect();
+    let (kept, stopped) = (others[0], others[1]);
+    let w = client(&c, kept, None).await;
+    w.put_machine("order", 1, serde_json::from_str(ORDER).unwrap())
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(c.node(kept).rstmdb_addr).await;
+    raw.send("w", "WATCH_ALL", json!({})).await;
+    assert_eq!(raw.next(Duration::from_secs(5)).await["status"], "ok");
+    let sub = w.watch_all(None, None, None, None, true).await.unwrap();
+    assert!(!sub.subscription_id.is_empty());
+    c.stop(l).await;
+    c.stop(stopped).await;
+    let m = raw.next(Duration::from_secs(30)).await;
+    assert_eq!(m["type"], "subscription_end", "{m}");
+    assert_eq!(m["reason"], "no_leader", "{m}");
+    // The real client got the same message on its connection and goes on.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.ping()
+        .await
+        .expect("the client's read loop survived the end message");
+}
