@@ -82,6 +82,11 @@ check "cli info"
 out="$(cli "$F" apply-event -i order-001 -e PAY)"
 grep -q INVALID_TRANSITION <<<"$out"
 check "cli: a refused event names INVALID_TRANSITION"
+# The README's POST /rstmdb line, on the follower's HTTP port.
+out="$(curl -sS --noproxy '*' --max-time 10 "127.0.0.1:$((HTTP_PORT + follower - 1))/rstmdb" \
+  -d '{"type":"request","id":"1","op":"GET_INSTANCE","params":{"instance_id":"order-001"}}')" &&
+  grep -q '"status":"ok"' <<<"$out" && grep -q '"state":"paid"' <<<"$out"
+check "POST /rstmdb GET_INSTANCE on the follower"
 out="$(cli "$F" delete-instance order-001)"
 check "cli delete-instance"
 out="$(cli "$F" compact -f)" && grep -q 'Snapshots created: *3' <<<"$out"
