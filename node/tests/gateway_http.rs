@@ -560,6 +560,37 @@ async fn external_connections_get_403_except_public_routes() {
     }
 }
 
+/// `/rstmdb` follows rstmdb's tokens when the node has some (a public peer
+/// with the token is served); without tokens it is internal-only, so an
+/// HTTP port exposed for public APIs does not open rstmdb unasked.
+#[tokio::test(flavor = "multi_thread")]
+async fn rstmdb_over_http_is_internal_only_unless_tokens_are_configured() {
+    let public_peer = [203, 0, 113, 9];
+    let ping = r#"{"type":"request","id":"1","op":"PING","params":{}}"#;
+    let gw = Gw::one().await;
+    let r = gw
+        .send_from(public_peer, "POST", "/rstmdb", ping, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = gw
+        .send_from(INTERNAL_PEER, "POST", "/rstmdb", ping, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    let hash = raftmesh_gateway::rstmdb::token_hash("s3cret");
+    let gw = Gw::start(1, |c| c.rstmdb_token_hashes = vec![hash.clone()]).await;
+    let list = r#"{"type":"request","id":"2","op":"LIST_MACHINES","params":{}}"#;
+    let bearer = [("authorization", "Bearer s3cret")];
+    let r = gw
+        .send_from(public_peer, "POST", "/rstmdb", list, &bearer)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = gw
+        .send_from(public_peer, "POST", "/rstmdb", list, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+}
+
 /// The statuses of real cluster failures: a write whose commit cannot be
 /// learned is 504 "outcome unknown"; no reachable leader is 503 with
 /// Retry-After; a membership request the cluster refuses is 400.

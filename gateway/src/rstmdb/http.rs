@@ -4,15 +4,20 @@
 //! request. Both run the TCP transport's connection ([`Conn`]): the same
 //! dispatch, ordering and limits, and rstmdb's own tokens — a bearer token
 //! in `Authorization`, or AUTH on the socket — not the pm3 internal rule.
+//! A node with no rstmdb tokens configured has nothing to check, so then
+//! `/rstmdb` is served to internal peers only, like the pm3 routes: exposing
+//! the HTTP port (for public APIs) never opens rstmdb to anyone unasked.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -21,7 +26,19 @@ use tokio::sync::mpsc;
 use super::server::{fit, token_hash, Conn, Out, RstmdbConfig};
 use super::wire::{self, Meta, WireError};
 use crate::seam::Backend;
-use crate::AppState;
+use crate::{access, AppState, GatewayError};
+
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// Without tokens, only internal peers (see the module doc).
+fn gate(peer: &Peer, headers: &HeaderMap, cfg: &RstmdbConfig) -> Result<(), Response> {
+    let peer = peer.as_ref().map(|p| p.0 .0);
+    if cfg.token_hashes.is_some() || access::is_internal(peer, headers) {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden.into_response())
+    }
+}
 
 pub(crate) fn routes<B: Backend>(cfg: &RstmdbConfig) -> Router<AppState<B>> {
     Router::new()
@@ -78,10 +95,14 @@ fn json_answer(v: &Value, max: usize) -> Response {
 /// connection and is refused here.
 async fn one<B: Backend>(
     State(st): State<AppState<B>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let cfg = st.rstmdb.clone();
+    if let Err(r) = gate(&peer, &headers, &cfg) {
+        return r;
+    }
     let authed = match bearer(&headers, &cfg) {
         Bearer::Refused(why) => return refusal(&st, WireError::AuthFailed(why.into())),
         Bearer::Valid => true,
@@ -111,9 +132,13 @@ async fn one<B: Backend>(
 /// `GET /rstmdb`: a WebSocket speaking the envelopes as text frames.
 async fn socket<B: Backend>(
     State(st): State<AppState<B>>,
+    peer: Peer,
     headers: HeaderMap,
     up: WebSocketUpgrade,
 ) -> Response {
+    if let Err(r) = gate(&peer, &headers, &st.rstmdb) {
+        return r;
+    }
     let authed = match bearer(&headers, &st.rstmdb) {
         Bearer::Refused(why) => return refusal(&st, WireError::AuthFailed(why.into())),
         Bearer::Valid => true,
