@@ -31,13 +31,9 @@ use crate::{access, AppState, GatewayError};
 type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
 
 /// Without tokens, only internal peers (see the module doc).
-fn gate(peer: &Peer, headers: &HeaderMap, cfg: &RstmdbConfig) -> Result<(), Response> {
+fn admitted(peer: &Peer, headers: &HeaderMap, cfg: &RstmdbConfig) -> bool {
     let peer = peer.as_ref().map(|p| p.0 .0);
-    if cfg.token_hashes.is_some() || access::is_internal(peer, headers) {
-        Ok(())
-    } else {
-        Err(GatewayError::Forbidden.into_response())
-    }
+    cfg.token_hashes.is_some() || access::is_internal(peer, headers)
 }
 
 pub(crate) fn routes<B: Backend>(cfg: &RstmdbConfig) -> Router<AppState<B>> {
@@ -100,8 +96,8 @@ async fn one<B: Backend>(
     body: Bytes,
 ) -> Response {
     let cfg = st.rstmdb.clone();
-    if let Err(r) = gate(&peer, &headers, &cfg) {
-        return r;
+    if !admitted(&peer, &headers, &cfg) {
+        return GatewayError::Forbidden.into_response();
     }
     let authed = match bearer(&headers, &cfg) {
         Bearer::Refused(why) => return refusal(&st, WireError::AuthFailed(why.into())),
@@ -136,8 +132,8 @@ async fn socket<B: Backend>(
     headers: HeaderMap,
     up: WebSocketUpgrade,
 ) -> Response {
-    if let Err(r) = gate(&peer, &headers, &st.rstmdb) {
-        return r;
+    if !admitted(&peer, &headers, &st.rstmdb) {
+        return GatewayError::Forbidden.into_response();
     }
     let authed = match bearer(&headers, &st.rstmdb) {
         Bearer::Refused(why) => return refusal(&st, WireError::AuthFailed(why.into())),
