@@ -68,6 +68,9 @@ async fn versions(c: &TestCluster, id: NodeId) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// This build's feature version.
+const V: u64 = raftmesh_proto::FEATURE_VERSION as u64;
+
 async fn wait_versions(c: &TestCluster, id: NodeId, want: &[(u64, u64)]) {
     let deadline = Instant::now() + TIMEOUT;
     for _ in 0..200 {
@@ -96,7 +99,7 @@ async fn writes_wait_for_the_oldest_member_then_its_upgrade_is_recorded() {
     .unwrap();
     let leader = c.wait_for_leader(&[1, 2, 3], TIMEOUT).await.unwrap();
     for id in 1..=3 {
-        wait_versions(&c, id, &[(1, 2), (2, 2), (3, 1)]).await;
+        wait_versions(&c, id, &[(1, V), (2, V), (3, 1)]).await;
     }
     let peers = get_json(&c, 1, "/peers").await;
     assert_eq!(peers[2]["version"], 1, "{peers}");
@@ -121,9 +124,9 @@ async fn writes_wait_for_the_oldest_member_then_its_upgrade_is_recorded() {
     // every node then shows; writes go through.
     c.nodes.get_mut(&3).unwrap().cfg.advertised_version = raftmesh_proto::FEATURE_VERSION;
     c.restart(3).await.unwrap();
-    assert_eq!(get_json(&c, 3, "/cluster").await["version"], 2);
+    assert_eq!(get_json(&c, 3, "/cluster").await["version"], V);
     for id in 1..=3 {
-        wait_versions(&c, id, &[(1, 2), (2, 2), (3, 2)]).await;
+        wait_versions(&c, id, &[(1, V), (2, V), (3, V)]).await;
     }
     for via in 1..=3 {
         let (status, body) = put(&c, via, "gate-a", json!(via)).await;
@@ -152,7 +155,7 @@ async fn writes_wait_for_the_oldest_member_then_its_upgrade_is_recorded() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // Recorded as what it advertises, not what the request said.
-    wait_versions(&c, leader, &[(1, 2), (2, 2), (3, 2), (4, 1)]).await;
+    wait_versions(&c, leader, &[(1, V), (2, V), (3, V), (4, 1)]).await;
     let (status, body) = put(&c, 1, "gate-b", json!(1)).await;
     assert_eq!(status, 400, "{body}");
     assert!(

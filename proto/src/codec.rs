@@ -13,6 +13,8 @@
 //! Reading also accepts release 0.1's entries (JSON, first byte `{`), see
 //! [`crate::legacy`].
 
+mod room;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
@@ -190,6 +192,8 @@ pub fn cmd_len(c: &Cmd) -> usize {
             field(field(field(domain.name().len()) + 2 * 11))
         }
         Cmd::Settings(SettingsCmd::AllowFlushAll(_)) => field(2),
+        Cmd::Settings(SettingsCmd::SetRoomLimits(_)) => field(field(4 * 11)),
+        Cmd::Room(r) => room::cmd_len(r, field),
         Cmd::Pack(cmds) | Cmd::Atomic(cmds) => field(cmds.iter().map(|c| field(cmd_len(c))).sum()),
     }
 }
@@ -328,6 +332,7 @@ fn result_to_pb(r: &ApplyResult) -> pb::ApplyResult {
             }),
         }),
         ApplyResult::Machine(m) => R::Machine(machine_result_to_pb(m)),
+        ApplyResult::Room(r) => R::Room(room::result_to_pb(r)),
         ApplyResult::Settings(SettingsResult::Set) => R::Settings(pb::SettingsResult {
             result: Some(pb::settings_result::Result::Set(pb::Blank {})),
         }),
@@ -373,6 +378,7 @@ fn result_from_pb(r: pb::ApplyResult) -> Result<ApplyResult, CodecError> {
                 },
             ),
             R::Machine(m) => ApplyResult::Machine(machine_result_from_pb(m)?),
+            R::Room(r) => ApplyResult::Room(room::result_from_pb(r)?),
             R::Settings(st) => match st.result.ok_or(CodecError::Malformed(
                 "a settings result of an unknown kind",
             ))? {
@@ -435,6 +441,7 @@ fn event_to_pb(e: &Event) -> pb::Event {
     pb::Event {
         event: Some(match e {
             Event::Machine(m) => pb::event::Event::Machine(machine_event_to_pb(m)),
+            Event::Room(r) => pb::event::Event::Room(room::event_to_pb(r)),
             Event::Kv(k) => pb::event::Event::Kv(pb::KvEvent {
                 op: Some(match k {
                     KvEvent::Put { key, value } => Op::Put(pb::KvPutEvent {
@@ -458,6 +465,7 @@ fn event_from_pb(e: pb::Event) -> Result<Event, CodecError> {
             .ok_or(CodecError::Malformed("an event of an unknown kind"))?
         {
             pb::event::Event::Machine(m) => Event::Machine(machine_event_from_pb(m)?),
+            pb::event::Event::Room(r) => Event::Room(room::event_from_pb(r)?),
             pb::event::Event::Kv(k) => Event::Kv(
                 match k
                     .op
@@ -872,6 +880,10 @@ fn cmd_to_pb(c: &Cmd) -> pb::Command {
             }),
         }),
         Cmd::Machine(m) => C::Machine(machine_cmd_to_pb(m)),
+        Cmd::Room(r) => C::Room(room::cmd_to_pb(r)),
+        Cmd::Settings(SettingsCmd::SetRoomLimits(l)) => C::Settings(pb::SettingsCommand {
+            op: Some(pb::settings_command::Op::RoomLimits(room::limits_to_pb(l))),
+        }),
         Cmd::Settings(SettingsCmd::AllowFlushAll(on)) => C::Settings(pb::SettingsCommand {
             op: Some(pb::settings_command::Op::AllowFlushAll(*on)),
         }),
@@ -922,6 +934,7 @@ fn cmd_from_pb(c: pb::Command) -> Result<Cmd, CodecError> {
                 },
             ),
             C::Machine(m) => Cmd::Machine(machine_cmd_from_pb(m)?),
+            C::Room(r) => Cmd::Room(room::cmd_from_pb(r)?),
             C::Settings(st) => match st
                 .op
                 .ok_or(CodecError::UnknownKind("a settings command kind"))?
@@ -938,6 +951,9 @@ fn cmd_from_pb(c: pb::Command) -> Result<Cmd, CodecError> {
                 }
                 pb::settings_command::Op::AllowFlushAll(on) => {
                     Cmd::Settings(SettingsCmd::AllowFlushAll(on))
+                }
+                pb::settings_command::Op::RoomLimits(l) => {
+                    Cmd::Settings(SettingsCmd::SetRoomLimits(room::limits_from_pb(l)))
                 }
             },
             C::Pack(g) => Cmd::Pack(group(g)?),
@@ -1168,7 +1184,7 @@ mod tests {
         assert!(e.needs_upgrade());
         let msg = e.to_string();
         assert!(
-            msg.contains("version 3") && msg.contains("up to version 2"),
+            msg.contains("version 3") && msg.contains(&format!("up to version {FEATURE_VERSION}")),
             "{msg}"
         );
         assert!(msg.contains("upgrade this node"), "{msg}");
@@ -1350,5 +1366,103 @@ mod tests {
         let jb = encode_journal(&j);
         assert_eq!(hex(&jb), "01080910011a0c120a22080a016f12016d1801");
         assert_eq!(decode_journal(&jb).unwrap(), j);
+    }
+
+    /// Room commands, results and events are stored bytes too; every push
+    /// action and refusal code round-trips.
+    #[test]
+    fn golden_room_bytes() {
+        use crate::{
+            PushAction, RoomCmd, RoomError, RoomErrorCode, RoomEvent, RoomLimits, RoomResult,
+        };
+        let c = Cmd::Room(RoomCmd::Push {
+            room: "r".into(),
+            key: "k".into(),
+            value: "1".into(),
+            action: PushAction::Compact { seq: 7 },
+        });
+        let bytes = encode_cmd(&c);
+        assert_eq!(hex(&bytes), "320f120d0a017212016b1a013122022007");
+        assert_eq!(decode_cmd(&bytes).unwrap(), c);
+        let r = ApplyResult::Room(RoomResult::Pushed {
+            seq: Some(4),
+            size: 2,
+        });
+        let w = encode_written(5, &r);
+        assert_eq!(hex(&w), "080512083a06120408041002");
+        assert_eq!(decode_written(&w).unwrap(), (5, r));
+        let j = JournalRecord {
+            index: 9,
+            time_ms: 1,
+            events: vec![Event::Room(RoomEvent::Pushed {
+                room: "r".into(),
+                key: "k".into(),
+                value: "1".into(),
+                seq: 4,
+                action: PushAction::Append,
+            })],
+        };
+        let jb = encode_journal(&j);
+        assert_eq!(
+            hex(&jb),
+            "01080910011a131a110a0f0a017212016b1a013120042a021200"
+        );
+        assert_eq!(decode_journal(&jb).unwrap(), j);
+
+        let room = |action| {
+            Cmd::Room(RoomCmd::Push {
+                room: "r".into(),
+                key: "k".into(),
+                value: "[1,{}]".into(),
+                action,
+            })
+        };
+        let cmds = [
+            room(PushAction::Relay),
+            room(PushAction::Append),
+            room(PushAction::Replace),
+            Cmd::Room(RoomCmd::Create { room: "r".into() }),
+            Cmd::Room(RoomCmd::Delete { room: "r".into() }),
+            Cmd::Room(RoomCmd::Expire {
+                room: "r".into(),
+                last_push_ms: 9,
+            }),
+            Cmd::Settings(SettingsCmd::SetRoomLimits(RoomLimits::default())),
+        ];
+        for c in cmds {
+            let b = encode_cmd(&c);
+            assert_eq!(decode_cmd(&b).unwrap(), c);
+            assert!(cmd_len(&c) >= b.len(), "{c:?}");
+        }
+        let mut results = vec![
+            RoomResult::Created,
+            RoomResult::Pushed { seq: None, size: 1 },
+            RoomResult::Deleted { existed: false },
+        ];
+        for code in RoomErrorCode::ALL {
+            results.push(RoomResult::Refused(RoomError {
+                code,
+                message: "m".into(),
+            }));
+        }
+        for r in results {
+            let r = ApplyResult::Room(r);
+            assert_eq!(decode_written(&encode_written(1, &r)).unwrap(), (1, r));
+        }
+        for e in [
+            RoomEvent::Compacted {
+                room: "r".into(),
+                key: "k".into(),
+                seq: 3,
+            },
+            RoomEvent::Deleted { room: "r".into() },
+        ] {
+            let j = JournalRecord {
+                index: 1,
+                time_ms: 1,
+                events: vec![Event::Room(e)],
+            };
+            assert_eq!(decode_journal(&encode_journal(&j)).unwrap(), j);
+        }
     }
 }

@@ -24,7 +24,8 @@ pub mod legacy;
 pub use cmd::{
     ApplyResult, Cmd, ConflictKey, Domain, Event, Instance, InstancePage, KvCmd, KvEntry, KvEvent,
     KvResult, MachineCmd, MachineError, MachineErrorCode, MachineEvent, MachineResult, MachineView,
-    Retention, SettingsCmd, SettingsResult,
+    PushAction, Retention, RoomCmd, RoomError, RoomErrorCode, RoomEvent, RoomLimits, RoomResult,
+    RoomView, SettingsCmd, SettingsResult,
 };
 
 /// The feature version of this build: the newest commands and log format it
@@ -32,8 +33,9 @@ pub use cmd::{
 /// membership [`NodeInfo`]), and a leader proposes no command that needs more
 /// ([`Cmd::required_version`]) than the oldest member supports, so a rolling
 /// upgrade never hands a node an entry it cannot read. Release 0.1 is
-/// version 1 (it advertised none); version 2 is the binary log codec.
-pub const FEATURE_VERSION: u32 = 2;
+/// version 1 (it advertised none); version 2 is the binary log codec;
+/// version 3 adds DriftDB rooms.
+pub const FEATURE_VERSION: u32 = 3;
 
 /// The version of a node that advertised none: release 0.1.
 pub const LEGACY_VERSION: u32 = 1;

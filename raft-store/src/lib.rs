@@ -18,6 +18,7 @@ pub mod feed;
 mod kv;
 mod log_store;
 mod machine_read;
+mod room_read;
 mod snapshot;
 mod state_machine;
 
@@ -31,6 +32,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 pub use feed::{AppliedEntry, End, Feed, FeedError, Next, Subscription};
 pub use log_store::{LogIo, LogIoCounts, LogStore};
 pub use machine_read::InstancePage;
+pub use room_read::{RoomValues, RoomView};
 pub use snapshot::{
     verify_received, FormatError, MAGIC as SNAPSHOT_MAGIC, SNAPSHOT_DIR,
     VERSION as SNAPSHOT_VERSION,
@@ -48,6 +50,7 @@ const CF_RAFT_META: &str = "raft_meta";
 /// |---|---|
 /// | `k/` | pm3 KV: key → 8-byte revision + compact JSON value |
 /// | `M/`, `I/`, `X/`, `N/`, `Y/`, `Ye/` | rstmdb machines, instances, list indexes, counts, idempotency ([`apply::machine`]) |
+/// | `r/`, `rk/`, `rv/` | DriftDB rooms, each key's value count, the values ([`apply::room`]) |
 /// | `j/` | the journal: `j/<domain>/<seq>` → an entry's events ([`apply::journal`]) |
 /// | `m/` | the state's own metadata: `m/time` the apply clock, `m/journal/<domain>`, `m/settings/…` cluster-wide settings |
 const CF_SM: &str = "sm";

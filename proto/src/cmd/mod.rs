@@ -1,12 +1,13 @@
 //! Replicated commands by domain, and what applying them produced.
 //!
 //! Every write of every API is a [`Cmd`]; one log entry carries one `Cmd`
-//! (or a group of them). Each domain (KV now; machines, rooms, streams
-//! later) has its own command and result enums in its own module, so a new
-//! API adds a variant here, not fields to a shared shape.
+//! (or a group of them). Each domain (KV, machines, rooms; streams later)
+//! has its own command and result enums in its own module, so a new API
+//! adds a variant here, not fields to a shared shape.
 
 pub mod kv;
 pub mod machine;
+pub mod room;
 pub mod settings;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,9 @@ pub use machine::{
     Instance, InstancePage, MachineCmd, MachineError, MachineErrorCode, MachineEvent,
     MachineResult, MachineView,
 };
+pub use room::{
+    PushAction, RoomCmd, RoomError, RoomErrorCode, RoomEvent, RoomLimits, RoomResult, RoomView,
+};
 pub use settings::{Retention, SettingsCmd, SettingsResult};
 
 /// One replicated write.
@@ -24,6 +28,7 @@ pub enum Cmd {
     Kv(KvCmd),
     Machine(MachineCmd),
     Settings(SettingsCmd),
+    Room(RoomCmd),
     /// Independent writes the leader packed into one entry so a burst costs
     /// one append, one fsync, one replication round and one apply. Each is
     /// applied, in order, on its own: one refused leaves the others.
@@ -55,11 +60,13 @@ pub enum Domain {
     Settings,
     /// A client connection, for ordering its writes (no state of its own).
     Session,
+    /// DriftDB rooms.
+    Room,
 }
 
 impl Domain {
     /// Every domain with a journal, in a fixed order.
-    pub const JOURNALED: [Domain; 2] = [Domain::Kv, Domain::Machine];
+    pub const JOURNALED: [Domain; 3] = [Domain::Kv, Domain::Machine, Domain::Room];
 
     /// Its name in stored keys, URLs and settings.
     pub fn name(self) -> &'static str {
@@ -68,6 +75,7 @@ impl Domain {
             Domain::Machine => "machine",
             Domain::Settings => "settings",
             Domain::Session => "session",
+            Domain::Room => "room",
         }
     }
 
@@ -77,6 +85,7 @@ impl Domain {
             Domain::Machine,
             Domain::Settings,
             Domain::Session,
+            Domain::Room,
         ]
         .into_iter()
         .find(|d| d.name() == name)
@@ -89,6 +98,7 @@ impl Domain {
 pub enum Event {
     Kv(KvEvent),
     Machine(MachineEvent),
+    Room(RoomEvent),
 }
 
 impl Event {
@@ -96,6 +106,7 @@ impl Event {
         match self {
             Event::Kv(_) => Domain::Kv,
             Event::Machine(_) => Domain::Machine,
+            Event::Room(_) => Domain::Room,
         }
     }
 }
@@ -103,13 +114,14 @@ impl Event {
 impl Cmd {
     /// The lowest [`crate::FEATURE_VERSION`] a node must run to decode and
     /// apply this command; a leader proposes nothing that needs more than
-    /// its oldest member supports. Everything today needs 2: release 0.1
-    /// (version 1) cannot read the binary log codec at all. No wildcard arm,
-    /// so a new command must state its own version (e.g. 3) here.
+    /// its oldest member supports. Release 0.1 (version 1) cannot read the
+    /// binary log codec at all: everything needs 2; rooms need 3. No
+    /// wildcard arm, so a new command must state its own version here.
     pub fn required_version(&self) -> u32 {
         match self {
             // Settings and machines come in the same release as the binary
             // codec: no release of version 2 lacks them.
+            Cmd::Settings(SettingsCmd::SetRoomLimits(_)) | Cmd::Room(_) => 3,
             Cmd::Kv(_) | Cmd::Settings(_) | Cmd::Machine(_) => 2,
             // A group needs what its most demanding member needs.
             Cmd::Pack(cmds) | Cmd::Atomic(cmds) => {
@@ -143,6 +155,13 @@ impl Cmd {
                 Domain::Settings,
                 "allow_flush_all".into(),
             )),
+            Cmd::Settings(SettingsCmd::SetRoomLimits(_)) => out.push(ConflictKey::Exclusive(
+                Domain::Settings,
+                "room_limits".into(),
+            )),
+            // Many pushes to one room share an entry, in order: the seq is
+            // assigned in apply.
+            Cmd::Room(c) => out.push(ConflictKey::Ordered(Domain::Room, c.room().to_string())),
             Cmd::Pack(cmds) | Cmd::Atomic(cmds) => {
                 for c in cmds {
                     c.collect_keys(out);
@@ -161,6 +180,7 @@ pub enum ApplyResult {
     Kv(KvResult),
     Machine(MachineResult),
     Settings(SettingsResult),
+    Room(RoomResult),
     /// One result per command of a [`Cmd::Pack`], in order.
     Pack(Vec<ApplyResult>),
     /// A [`Cmd::Atomic`]: `kept` says whether its effects were kept; the
@@ -179,6 +199,7 @@ impl ApplyResult {
             ApplyResult::None => false,
             ApplyResult::Kv(r) => r.refused(),
             ApplyResult::Machine(r) => r.refused(),
+            ApplyResult::Room(r) => r.refused(),
             ApplyResult::Settings(_) => false,
             ApplyResult::Pack(_) => false,
             ApplyResult::Atomic { kept, .. } => !kept,
@@ -191,7 +212,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_command_of_this_build_needs_version_2() {
+    fn rooms_need_version_3_and_a_group_needs_its_most_demanding_member() {
+        let push = Cmd::Room(RoomCmd::Push {
+            room: "r".into(),
+            key: "k".into(),
+            value: "1".into(),
+            action: PushAction::Append,
+        });
+        let limits = Cmd::Settings(SettingsCmd::SetRoomLimits(RoomLimits::default()));
+        let put = Cmd::Kv(KvCmd::Delete { key: "k".into() });
+        for c in [push.clone(), limits, Cmd::Pack(vec![put, push])] {
+            assert_eq!(c.required_version(), 3, "{c:?}");
+            assert!(c.required_version() <= crate::FEATURE_VERSION);
+        }
+    }
+
+    #[test]
+    fn every_command_before_rooms_needs_version_2() {
         let put = Cmd::Kv(KvCmd::Delete { key: "k".into() });
         let set = Cmd::Settings(SettingsCmd::SetRetention {
             domain: Domain::Kv,

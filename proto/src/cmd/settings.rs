@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Domain;
+use super::{Domain, RoomLimits};
 
 /// How much of a domain's applied-event history the journal keeps. The
 /// journal keeps its newest entry even when that alone exceeds a bound.
@@ -21,10 +21,12 @@ impl Retention {
     /// changes apply, so it takes a new feature version.
     pub const fn default_for(domain: Domain) -> Retention {
         match domain {
-            Domain::Kv | Domain::Machine | Domain::Settings | Domain::Session => Retention {
-                max_events: 100_000,
-                max_bytes: 64 << 20,
-            },
+            Domain::Kv | Domain::Machine | Domain::Settings | Domain::Session | Domain::Room => {
+                Retention {
+                    max_events: 100_000,
+                    max_bytes: 64 << 20,
+                }
+            }
         }
     }
 }
@@ -40,6 +42,8 @@ pub enum SettingsCmd {
     },
     /// Whether rstmdb's FLUSH_ALL may clear every machine and instance.
     AllowFlushAll(bool),
+    /// The limits every room push is checked against.
+    SetRoomLimits(RoomLimits),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod journal;
 pub mod kv;
 pub mod machine;
+pub mod room;
 pub mod txn;
 
 use raftmesh_proto::{ApplyResult, Cmd, SettingsCmd, SettingsResult};
@@ -53,6 +54,11 @@ pub fn apply(
         }
         Cmd::Settings(SettingsCmd::SetRetention { domain, retention }) => {
             journal::set_retention(txn, *domain, *retention);
+            ApplyResult::Settings(SettingsResult::Set)
+        }
+        Cmd::Room(c) => ApplyResult::Room(room::apply(txn, index, time_ms, c)?),
+        Cmd::Settings(SettingsCmd::SetRoomLimits(l)) => {
+            room::set_limits(txn, l)?;
             ApplyResult::Settings(SettingsResult::Set)
         }
         Cmd::Settings(SettingsCmd::AllowFlushAll(on)) => {

@@ -1,0 +1,109 @@
+//! Typed, bounded reads of DriftDB rooms, for serving `get`, room lookups
+//! and debug sockets locally.
+
+use rocksdb::{Direction, IteratorMode};
+
+use crate::apply::room::{decode_u64, decode_view, room_key, values_prefix};
+use crate::{cf, StoreError, StoreReader, CF_SM};
+
+pub use raftmesh_proto::RoomView;
+
+/// Up to a read's limit of a key's values after a seq, in seq order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomValues {
+    /// `(seq, compact JSON)`.
+    pub values: Vec<(u64, String)>,
+    /// More values follow the last one returned.
+    pub more: bool,
+}
+
+impl StoreReader {
+    pub fn room_get(&self, room: &str) -> Result<Option<RoomView>, StoreError> {
+        let _shared = self.gate.read()?;
+        self.db
+            .get_cf(cf(&self.db, CF_SM), room_key(room))?
+            .map(|raw| decode_view(&raw))
+            .transpose()
+    }
+
+    /// The values of `key` in `room` with a seq greater than `after`, at
+    /// most `limit`, from one point-in-time view.
+    pub fn room_values(
+        &self,
+        room: &str,
+        key: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<RoomValues, StoreError> {
+        let _shared = self.gate.read()?;
+        let prefix = values_prefix(room, key);
+        let mut from = prefix.clone();
+        from.extend_from_slice(&after.saturating_add(1).to_be_bytes());
+        if after == u64::MAX {
+            return Ok(RoomValues::default());
+        }
+        let mut out = RoomValues::default();
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_SM),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if out.values.len() == limit {
+                out.more = true;
+                break;
+            }
+            let seq = decode_u64(&k[prefix.len()..], "a room value's seq")?;
+            let text = String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError::Corrupt("a room value is not UTF-8".into()))?;
+            out.values.push((seq, text));
+        }
+        Ok(out)
+    }
+
+    /// The keys of `room` holding values (shorter keys first, then in byte
+    /// order: stored keys are length-prefixed), after `after`
+    /// (exclusive) when given; at most `limit`, and whether more follow.
+    pub fn room_keys(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let _shared = self.gate.read()?;
+        let prefix = format!("rk/{room}\0").into_bytes();
+        let from = match after {
+            Some(a) => {
+                let mut k = crate::apply::room::count_key(room, a);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut keys = Vec::new();
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_SM),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if keys.len() == limit {
+                return Ok((keys, true));
+            }
+            let rest = &k[prefix.len()..];
+            if rest.len() < 4 {
+                return Err(StoreError::Corrupt("room key record too short".into()));
+            }
+            let name = String::from_utf8(rest[4..].to_vec())
+                .map_err(|_| StoreError::Corrupt("a room key is not UTF-8".into()))?;
+            keys.push(name);
+        }
+        Ok((keys, false))
+    }
+}
