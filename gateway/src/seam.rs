@@ -9,7 +9,7 @@ use std::time::Duration;
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::{
     ApplyResult, ClusterError, ClusterProgress, Cmd, Domain, Instance, InstancePage, KvEntry,
-    LogCompaction, MachineView, NodeId, NodeInfo, Retention,
+    LogCompaction, MachineView, NodeId, NodeInfo, Retention, RoomValues, RoomView,
 };
 use serde::Serialize;
 
@@ -273,6 +273,33 @@ pub trait MachineRead: Send + Sync + 'static {
     ) -> impl Future<Output = Result<InstancePage, ClusterError>> + Send;
 }
 
+/// Local reads of DriftDB rooms (after a barrier, or stale), off the async
+/// workers.
+pub trait RoomRead: Send + Sync + 'static {
+    fn room_get(
+        &self,
+        room: &str,
+    ) -> impl Future<Output = Result<Option<RoomView>, ClusterError>> + Send;
+
+    /// The values of `key` with a seq greater than `after`, at most `limit`.
+    fn room_values(
+        &self,
+        room: &str,
+        key: &str,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<RoomValues, ClusterError>> + Send;
+
+    /// Keys holding values, after `after` when given; at most `limit`, and
+    /// whether more follow.
+    fn room_keys(
+        &self,
+        room: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<String>, bool), ClusterError>> + Send;
+}
+
 /// Where one domain's journal stands on this node.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct JournalInfo {
@@ -310,6 +337,6 @@ pub trait Subscribe: Send + Sync + 'static {
 
 /// Everything the whole router needs; implemented for any type that
 /// provides each part.
-pub trait Backend: Replicate + KvRead + MachineRead + ClusterOps + Subscribe {}
+pub trait Backend: Replicate + KvRead + MachineRead + RoomRead + ClusterOps + Subscribe {}
 
-impl<T: Replicate + KvRead + MachineRead + ClusterOps + Subscribe> Backend for T {}
+impl<T: Replicate + KvRead + MachineRead + RoomRead + ClusterOps + Subscribe> Backend for T {}

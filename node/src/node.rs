@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use raftmesh_gateway::seam::{
     ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, LogStats, MachineRead,
-    MemberStatus, MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError,
-    WriteOutcome,
+    MemberStatus, MembershipOutcome, RaftView, RemovedStatus, Replicate, RoomRead, Subscribe,
+    SubscribeError, WriteOutcome,
 };
 use raftmesh_proto::feed::FeedNext;
 use raftmesh_proto::pb::{ForwardRequest, StatusReply};
 use raftmesh_proto::{
     version_or_legacy, ClusterError, ClusterProgress, Cmd, Domain, ForwardOp, ForwardReplyBody,
     Instance, InstancePage, KvEntry, LeaderHint, LogCompaction, MachineView, MemberProgress,
-    NodeId, NodeInfo, TypeConfig,
+    NodeId, NodeInfo, RoomValues, RoomView, TypeConfig,
 };
 use raftmesh_raft_store::{FeedError, StateMachineMetrics, StoreReader};
 use tokio::sync::watch;
@@ -1154,6 +1154,36 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ClusterError::internal(format!("read task: {e}")))?
         .map_err(|e| ClusterError::internal(format!("reading the store: {e}")))
+}
+
+impl RoomRead for Node {
+    async fn room_get(&self, room: &str) -> Result<Option<RoomView>, ClusterError> {
+        // A point read: not worth a thread hop (see kv_get).
+        self.reader
+            .room_get(room)
+            .map_err(|e| ClusterError::internal(e.to_string()))
+    }
+
+    async fn room_values(
+        &self,
+        room: &str,
+        key: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<RoomValues, ClusterError> {
+        let (r, room, key) = (self.reader.clone(), room.to_string(), key.to_string());
+        blocking(move || r.room_values(&room, &key, after, limit)).await
+    }
+
+    async fn room_keys(
+        &self,
+        room: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), ClusterError> {
+        let (r, room) = (self.reader.clone(), room.to_string());
+        blocking(move || r.room_keys(&room, after.as_deref(), limit)).await
+    }
 }
 
 impl MachineRead for Node {

@@ -25,7 +25,7 @@ pub use cmd::{
     ApplyResult, Cmd, ConflictKey, Domain, Event, Instance, InstancePage, KvCmd, KvEntry, KvEvent,
     KvResult, MachineCmd, MachineError, MachineErrorCode, MachineEvent, MachineResult, MachineView,
     PushAction, Retention, RoomCmd, RoomError, RoomErrorCode, RoomEvent, RoomLimits, RoomResult,
-    RoomView, SettingsCmd, SettingsResult,
+    RoomValues, RoomView, SettingsCmd, SettingsResult,
 };
 
 /// The feature version of this build: the newest commands and log format it

@@ -153,6 +153,40 @@ pub fn open_with(
     Ok((LogStore::new(db, io), sm, reader))
 }
 
+/// An iterator over the `sm` keys with `prefix`, from `from` (at or after
+/// the prefix), that RocksDB stops at the end of the prefix: without the
+/// bound a seek into an empty prefix walks on over whatever follows,
+/// tombstones included (the trimmed journal's, which made every machine
+/// write step over thousands of them).
+pub(crate) fn prefix_iter<'a>(
+    db: &'a DB,
+    prefix: &[u8],
+    from: &[u8],
+) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
+    let mut opts = rocksdb::ReadOptions::default();
+    if let Some(end) = prefix_end(prefix) {
+        opts.set_iterate_upper_bound(end);
+    }
+    db.iterator_cf_opt(
+        cf(db, CF_SM),
+        opts,
+        rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+    )
+}
+
+/// The smallest key after every key starting with `prefix` (none when the
+/// prefix is all 0xff bytes).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name)
         .expect("column family is created at open")
@@ -264,10 +298,7 @@ impl StoreReader {
         };
         let mut out = Vec::new();
         let _shared = self.gate.read()?;
-        let iter = self.db.iterator_cf(
-            cf(&self.db, CF_SM),
-            rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
-        );
+        let iter = prefix_iter(&self.db, &start, &from);
         for item in iter {
             let (k, _) = item?;
             if !k.starts_with(&start) {
@@ -281,5 +312,18 @@ impl StoreReader {
             out.push(key.to_string());
         }
         Ok((out, false))
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_at_its_successor() {
+        assert_eq!(prefix_end(b"Ye/"), Some(b"Ye0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
     }
 }

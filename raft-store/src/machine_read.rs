@@ -28,10 +28,7 @@ impl StoreReader {
     pub fn machine_list(&self, limit: usize) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
         let _shared = self.gate.read()?;
         let mut out: Vec<(String, Vec<u32>)> = Vec::new();
-        let iter = self.db.iterator_cf(
-            cf(&self.db, CF_SM),
-            IteratorMode::From(MACHINE_PREFIX, Direction::Forward),
-        );
+        let iter = crate::prefix_iter(&self.db, MACHINE_PREFIX, MACHINE_PREFIX);
         for item in iter {
             let (k, _) = item?;
             if !k.starts_with(MACHINE_PREFIX) {

@@ -1,21 +1,10 @@
 //! Typed, bounded reads of DriftDB rooms, for serving `get`, room lookups
 //! and debug sockets locally.
 
-use rocksdb::{Direction, IteratorMode};
-
 use crate::apply::room::{decode_u64, decode_view, room_key, values_prefix};
 use crate::{cf, StoreError, StoreReader, CF_SM};
 
-pub use raftmesh_proto::RoomView;
-
-/// Up to a read's limit of a key's values after a seq, in seq order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RoomValues {
-    /// `(seq, compact JSON)`.
-    pub values: Vec<(u64, String)>,
-    /// More values follow the last one returned.
-    pub more: bool,
-}
+pub use raftmesh_proto::{RoomValues, RoomView};
 
 impl StoreReader {
     pub fn room_get(&self, room: &str) -> Result<Option<RoomView>, StoreError> {
@@ -43,10 +32,7 @@ impl StoreReader {
             return Ok(RoomValues::default());
         }
         let mut out = RoomValues::default();
-        let iter = self.db.iterator_cf(
-            cf(&self.db, CF_SM),
-            IteratorMode::From(&from, Direction::Forward),
-        );
+        let iter = crate::prefix_iter(&self.db, &prefix, &from);
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
@@ -84,10 +70,7 @@ impl StoreReader {
             None => prefix.clone(),
         };
         let mut keys = Vec::new();
-        let iter = self.db.iterator_cf(
-            cf(&self.db, CF_SM),
-            IteratorMode::From(&from, Direction::Forward),
-        );
+        let iter = crate::prefix_iter(&self.db, &prefix, &from);
         for item in iter {
             let (k, _) = item?;
             if !k.starts_with(&prefix) {

@@ -18,7 +18,8 @@ pub use machine::{
     MachineResult, MachineView,
 };
 pub use room::{
-    PushAction, RoomCmd, RoomError, RoomErrorCode, RoomEvent, RoomLimits, RoomResult, RoomView,
+    PushAction, RoomCmd, RoomError, RoomErrorCode, RoomEvent, RoomLimits, RoomResult, RoomValues,
+    RoomView,
 };
 pub use settings::{Retention, SettingsCmd, SettingsResult};
 

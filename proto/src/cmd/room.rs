@@ -196,3 +196,12 @@ pub struct RoomView {
     /// Entry time of the last push (the creation time before any).
     pub last_push_ms: u64,
 }
+
+/// Up to a read's limit of a key's values after a seq, in seq order.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomValues {
+    /// `(seq, compact JSON)`.
+    pub values: Vec<(u64, String)>,
+    /// More values follow the last one returned.
+    pub more: bool,
+}

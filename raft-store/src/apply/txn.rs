@@ -58,11 +58,8 @@ impl<'a> Txn<'a> {
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix));
         let hidden = pending.clone().count();
-        let iter = self.db.iterator_cf(
-            cf(self.db, CF_SM),
-            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
-        );
-        for item in iter.take(limit + hidden) {
+        let iter = crate::prefix_iter(self.db, prefix, prefix);
+        for item in iter.take(limit.saturating_add(hidden)) {
             let (k, v) = item?;
             if !k.starts_with(prefix) {
                 break;
