@@ -108,9 +108,12 @@ pub(crate) async fn pretty(req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(json::prettify(&text)))
 }
 
-/// Refuses external connections on every route except [`access::PUBLIC_ROUTES`].
+/// Refuses external connections on every route except [`access::PUBLIC_ROUTES`]
+/// and the public room routes (the room id is their secret).
 pub(crate) async fn internal_only(req: Request, next: Next) -> Response {
-    if access::is_public_route(req.uri().path()) {
+    if access::is_public_route(req.uri().path())
+        || crate::drift::is_public(req.method(), req.uri().path())
+    {
         return next.run(req).await;
     }
     let peer = req

@@ -20,6 +20,7 @@ use axum::Router;
 
 mod access;
 mod conn;
+pub mod drift;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -35,8 +36,8 @@ pub mod seam;
 pub use error::GatewayError;
 pub use seam::{
     Backend, ClusterOps, ClusterStatus, FeedStream, JournalInfo, KeyPage, KvRead, MachineRead,
-    MemberStatus, MembershipOutcome, RaftView, RemovedStatus, Replicate, Subscribe, SubscribeError,
-    WriteOutcome,
+    MemberStatus, MembershipOutcome, RaftView, RemovedStatus, Replicate, RoomRead, Subscribe,
+    SubscribeError, WriteOutcome,
 };
 
 /// Room for the JSON envelope around a value (`{"value": ..., "revision":
@@ -61,6 +62,8 @@ pub struct GatewayConfig {
     /// rstmdb's limits and tokens, for `GET`/`POST /rstmdb` (the same as
     /// the TCP listener's).
     pub rstmdb: rstmdb::RstmdbConfig,
+    /// The DriftDB room API's local settings.
+    pub drift: drift::DriftConfig,
 }
 
 impl Default for GatewayConfig {
@@ -71,6 +74,7 @@ impl Default for GatewayConfig {
             max_list_keys: 10_000,
             watch_leaderless: std::time::Duration::from_millis(3000),
             rstmdb: rstmdb::RstmdbConfig::default(),
+            drift: drift::DriftConfig::default(),
         }
     }
 }
@@ -92,6 +96,9 @@ pub(crate) struct AppState<B> {
     pub(crate) backend: Arc<B>,
     pub(crate) cfg: Arc<GatewayConfig>,
     pub(crate) rstmdb: Arc<rstmdb::RstmdbConfig>,
+    pub(crate) drift: Arc<drift::DriftConfig>,
+    /// This node's room sockets and their fan-out from the feed.
+    pub(crate) hub: Arc<drift::Hub>,
     pub(crate) metrics: Arc<metrics::HttpMetrics>,
     /// Turns true when the server begins to shut down: long-lived streams
     /// (watches) end then, so draining does not wait on them forever.
@@ -105,6 +112,8 @@ impl<B> Clone for AppState<B> {
             backend: self.backend.clone(),
             cfg: self.cfg.clone(),
             rstmdb: self.rstmdb.clone(),
+            drift: self.drift.clone(),
+            hub: self.hub.clone(),
             metrics: self.metrics.clone(),
             stopping: self.stopping.clone(),
         }
@@ -130,6 +139,8 @@ fn router_stopping<B: Backend>(
         backend,
         metrics: Arc::new(metrics::HttpMetrics::default()),
         rstmdb: Arc::new(cfg.rstmdb.clone()),
+        drift: Arc::new(cfg.drift.clone()),
+        hub: Arc::new(drift::Hub::default()),
         cfg: Arc::new(cfg),
         stopping,
     };
@@ -141,6 +152,7 @@ fn router_stopping<B: Backend>(
         .merge(ops::routes::<B>())
         .merge(ops::settings_routes::<B>())
         .merge(rstmdb::routes::<B>(&state.rstmdb))
+        .merge(drift::routes::<B>(&state.drift))
         .fallback(layers::fallback)
         .method_not_allowed_fallback(layers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.body_limit()))

@@ -85,6 +85,7 @@ impl RunningNode {
             max_list_keys: cfg.max_list_keys,
             watch_leaderless: std::time::Duration::from_millis(cfg.election_timeout_max_ms),
             rstmdb: rstmdb_cfg.clone(),
+            drift: raftmesh_gateway::drift::DriftConfig::default(),
         };
         let node = Node::start(cfg).await?;
 
