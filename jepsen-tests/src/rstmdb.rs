@@ -6,12 +6,15 @@
 //! current tag (from its last ack or GET_INSTANCE) and a payload with a new
 //! unique tag, and read with GET_INSTANCE: a CAS register over tags per
 //! instance (see [`crate::checker::rstmdb`]). An ambiguous write is never
-//! retried. Watchers on every node hold one WATCH_ALL each, sent raw with
-//! `from_offset` through the client's connection, and resume after every
-//! ending at the last complete offset + 1: several writes may share one
-//! offset (one Raft entry), so the last offset a cut stream delivered may be
-//! partial and is asked for again ([`crate::checker::rstmdb`]). After heal
-//! a fence write tells them when they have everything.
+//! retried. Watchers on every node (the first per node WATCH_ALL, further
+//! ones WATCH_INSTANCE of one instance each), sent raw with `from_offset`
+//! through the client's connection, resume after every ending at the last
+//! complete offset + 1: several instances' writes may share one offset (one
+//! Raft entry), so the last offset a cut WATCH_ALL stream delivered may be
+//! partial and is asked for again; an instance's events have offsets of
+//! their own ([`crate::checker::rstmdb`]). After heal a fence write (for
+//! WATCH_ALL) and final reads (per instance) tell them when they have
+//! everything.
 //!
 //! The client's read loop skips messages it does not know, so a watcher
 //! never sees the server's `subscription_end`: an end it is not told of
@@ -249,9 +252,17 @@ pub struct Rstmdb {
 struct Running {
     sink: Sink,
     setup: tokio::task::JoinHandle<()>,
-    target: watch::Sender<Option<u64>>,
+    target: watch::Sender<Option<Targets>>,
     stop: watch::Sender<bool>,
     watchers: Vec<tokio::task::JoinHandle<WatcherEnd>>,
+}
+
+/// Where watchers are done: the fence's offset for WATCH_ALL, each
+/// instance's last offset (read after heal) for WATCH_INSTANCE.
+#[derive(Clone, Debug, Default)]
+struct Targets {
+    all: Option<u64>,
+    instance: HashMap<String, u64>,
 }
 
 struct WatcherEnd {
@@ -498,10 +509,13 @@ impl Workload for Rstmdb {
         let mut watchers = Vec::new();
         for i in 0..nodes.len() * self.watchers_per_node as usize {
             let (node, addr) = nodes[i % nodes.len()];
+            let instance = (i >= nodes.len())
+                .then(|| self.instances[(i - nodes.len()) % self.instances.len()].clone());
             let w = Watcher {
                 process: WATCHER_PROCESS_BASE + i as u64,
                 node,
                 addr,
+                instance,
                 sink: sink.clone(),
                 target: target_rx.clone(),
                 stop: stop_rx.clone(),
@@ -518,8 +532,9 @@ impl Workload for Rstmdb {
         });
     }
 
-    /// Learns the offset of what setup read; records post-heal fence and
-    /// final reads directly (with their real times) and returns nothing.
+    /// Writes the fence, reads every instance on every node (both recorded
+    /// directly, with their real times), lets the watchers catch up
+    /// (bounded) and stops them. Returns nothing.
     fn final_reads<'a>(
         &'a self,
         _http: &'a Http,
@@ -561,12 +576,14 @@ impl Workload for Rstmdb {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
-            match fence {
-                Some(f) => {
-                    let _ = running.target.send(Some(f));
-                }
-                None => tracing::warn!("rstmdb: no fence written; watchers cannot catch up"),
+            if fence.is_none() {
+                tracing::warn!("rstmdb: no fence written; WATCH_ALL watchers cannot catch up");
             }
+            let mut targets = Targets {
+                all: fence,
+                ..Targets::default()
+            };
+            let _ = running.target.send(Some(targets.clone()));
             // Final linearizable reads of every instance on every node.
             for (id, addr) in &nodes {
                 for instance in &self.instances {
@@ -576,9 +593,16 @@ impl Workload for Rstmdb {
                         value: Value::Null,
                     };
                     let process = FINAL_PROCESS_BASE + u64::from(*id);
-                    recorded(sink, process, *id, &inv, self.run_op(*addr, &inv)).await;
+                    let c = recorded(sink, process, *id, &inv, self.run_op(*addr, &inv)).await;
+                    if let (OpType::Ok, Some(o)) =
+                        (c.kind, c.value.get("revision").and_then(Value::as_u64))
+                    {
+                        let t = targets.instance.entry(instance.clone()).or_insert(o);
+                        *t = (*t).max(o);
+                    }
                 }
             }
+            let _ = running.target.send(Some(targets));
             let deadline = tokio::time::Instant::now() + CATCH_UP;
             let mut ends = Vec::new();
             for mut task in running.watchers {
@@ -705,15 +729,16 @@ async fn setup(
     }
 }
 
-/// One watcher: WATCH_ALL on its node from offset 1, resumed after every
-/// ending at the last complete offset + 1.
+/// One watcher: WATCH_ALL (or WATCH_INSTANCE of `instance`) on its node
+/// from offset 1, resumed after every ending at the last complete offset + 1.
 struct Watcher {
     process: u64,
     node: u32,
     addr: SocketAddr,
+    instance: Option<String>,
     sink: Sink,
-    /// The fence's offset once written: a watcher that received it is done.
-    target: watch::Receiver<Option<u64>>,
+    /// A watcher that received an event at or after its target is done.
+    target: watch::Receiver<Option<Targets>>,
     stop: watch::Receiver<bool>,
     hard_stop: Instant,
 }
@@ -768,7 +793,11 @@ impl Watcher {
         let mut caught_up = false;
         while sessions < MAX_SESSIONS && !caught_up && !self.stopping() {
             sessions += 1;
-            self.record(OpType::Invoke, json!({ "from": from }), None);
+            let mut inv = json!({ "from": from });
+            if let Some(i) = &self.instance {
+                inv["instance"] = json!(i);
+            }
+            self.record(OpType::Invoke, inv, None);
             let (done, ending) = self.session(from, MAX_EVENTS - events).await;
             let delivered = match (&done.kind, &ending) {
                 (OpType::Ok, _) => serde_json::from_value::<RstmdbSession>(done.value.clone())
@@ -777,8 +806,11 @@ impl Watcher {
                 _ => Vec::new(),
             };
             events += delivered.len();
-            if !delivered.is_empty() {
-                let offsets: Vec<u64> = delivered.iter().map(|e| e.wal_offset).collect();
+            let offsets: Vec<u64> = delivered.iter().map(|e| e.wal_offset).collect();
+            if let (Some(&last), Some(_)) = (offsets.iter().max(), &self.instance) {
+                // One instance's events never share an offset: each is whole.
+                from = last + 1;
+            } else if !offsets.is_empty() {
                 from = complete_through(from, &offsets, None) + 1;
             } else if let Some(oldest) = done.value.get("oldest").and_then(Value::as_u64) {
                 // History before `oldest` is gone: go on from there.
@@ -827,8 +859,17 @@ impl Watcher {
         let Some(mut rx) = rx else {
             return refused(None, None, "no event receiver".into());
         };
-        let params = json!({"machines": [MACHINE], "include_ctx": true, "from_offset": from});
-        let sub = match conn.call(Operation::WatchAll, params).await {
+        let (op, params) = match &self.instance {
+            Some(i) => (
+                Operation::WatchInstance,
+                json!({"instance_id": i, "include_ctx": true, "from_offset": from}),
+            ),
+            None => (
+                Operation::WatchAll,
+                json!({"machines": [MACHINE], "include_ctx": true, "from_offset": from}),
+            ),
+        };
+        let sub = match conn.call(op, params).await {
             Reply::Answer(r) if r.is_ok() => r
                 .result
                 .as_ref()
@@ -847,6 +888,7 @@ impl Watcher {
         };
         let mut session = RstmdbSession {
             from,
+            instance: self.instance.clone(),
             subscription_id: sub,
             events: Vec::new(),
             ending: String::new(),
@@ -874,7 +916,15 @@ impl Watcher {
                 break Ending::Stopped;
             }
             let highest = session.events.iter().map(|e| e.wal_offset).max();
-            if let (Some(t), Some(h)) = (*self.target.borrow(), highest) {
+            let target = self
+                .target
+                .borrow()
+                .as_ref()
+                .and_then(|t| match &self.instance {
+                    Some(i) => t.instance.get(i).copied(),
+                    None => t.all,
+                });
+            if let (Some(t), Some(h)) = (target, highest) {
                 if h >= t {
                     break Ending::CaughtUp;
                 }

@@ -12,8 +12,9 @@
 //!   offset and, per instance, every offset one tag, across acks, reads and
 //!   watch events;
 //! * watches ([`super::watch::check_watch`] on a translation, [`to_watch`]):
-//!   every acknowledged write exactly once per watcher at its acked offset,
-//!   in offset order, nothing never written or refused, watchers agree.
+//!   every acknowledged write (of the watched instance, for WATCH_INSTANCE)
+//!   exactly once per watcher at its acked offset, in offset order, nothing
+//!   never written or refused, watchers of the same scope agree.
 //!
 //! # History
 //!
@@ -23,20 +24,24 @@
 //!   no leader with `retryable`); `info` = may have been applied.
 //! * `read`, key = instance: ok `{"revision": last_wal_offset, "value": T}`.
 //! * `fence`, key = the fence instance: invoke U; ok `{"tag": U, "wal_offset": N}`.
-//! * `rstmdb-watch`: one WATCH_ALL connection; invoke `{"from": F}`; ok
+//! * `rstmdb-watch`: one watch connection; invoke `{"from": F}` (WATCH_ALL)
+//!   or `{"from": F, "instance": X}` (WATCH_INSTANCE of X); ok
 //!   [`RstmdbSession`]; a refusal fails with `{"from", "status"?, "oldest"?}`
 //!   (`status` 410 when `from_offset` was compacted, `oldest` the oldest
 //!   retained offset).
 //!
 //! Offsets are Raft log indexes, and the leader puts concurrent writes of
 //! several connections into one entry, so several events (of different
-//! instances) may share an offset. A cut stream may thus have delivered only
-//! part of its last offset: the watch checker's completeness rule applies
+//! instances: an instance is an exclusive conflict key) may share an offset.
+//! A cut WATCH_ALL stream may thus have delivered only part of its last
+//! offset: the watch checker's completeness rule applies
 //! ([`super::watch::complete_through`]: an offset is complete once a higher
 //! one arrived), the partial tail is dropped and the next session asks for
 //! that offset again (the watcher resumes at the last complete offset + 1).
+//! A WATCH_INSTANCE stream's events each have an offset of their own, so
+//! all it delivered is complete and it resumes at the last offset + 1.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -70,6 +75,9 @@ pub struct RecordedEvent {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct RstmdbSession {
     pub from: u64,
+    /// WATCH_INSTANCE of this instance; none: WATCH_ALL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub subscription_id: String,
     #[serde(default)]
     pub events: Vec<RecordedEvent>,
@@ -86,16 +94,36 @@ fn tag_value(tag: &Value) -> Value {
     }
 }
 
-/// Translates the history for [`super::watch::check_watch`]: cas → write of
-/// `"t<U>"` (ok names the acked offset as its revision), fence likewise,
-/// watch sessions → [`SessionRecord`]s whose lines are `{revision, key,
-/// value}` (the client is never told where a stream ended, so there is no
-/// final line). Reads are left out.
-pub fn to_watch(history: &[Op]) -> Vec<Op> {
+/// Which watch each watcher process held: `Some(X)` WATCH_INSTANCE of X,
+/// `None` WATCH_ALL (from the sessions' invokes).
+fn scopes(history: &[Op]) -> HashMap<u64, Option<String>> {
+    history
+        .iter()
+        .filter(|o| o.f == F_RSTMDB_WATCH && o.kind == OpType::Invoke)
+        .map(|o| {
+            let i = o.value.get("instance").and_then(Value::as_str);
+            (o.process, i.map(str::to_string))
+        })
+        .collect()
+}
+
+/// Translates the history for [`super::watch::check_watch`], for the
+/// WATCH_ALL watchers (`scope` none) or those of one instance: cas → write
+/// of `"t<U>"` (ok names the acked offset as its revision; of that instance
+/// only, for an instance), fence likewise (WATCH_ALL only), watch sessions
+/// → [`SessionRecord`]s whose lines are `{revision, key, value}`. A
+/// WATCH_ALL session has no final line (the client is never told where a
+/// stream ended); an instance's session gets one naming its last offset,
+/// since each of its offsets is one whole event. Reads are left out.
+pub fn to_watch(history: &[Op], scope: Option<&str>) -> Vec<Op> {
+    let scopes = scopes(history);
     let mut out = Vec::with_capacity(history.len());
     for op in history {
         let (f, value) = match op.f.as_str() {
             F_CAS | F_FENCE => {
+                if scope.is_some_and(|i| op.f == F_FENCE || op.key != i) {
+                    continue;
+                }
                 let f = if op.f == F_CAS { F_WRITE } else { F_FENCE };
                 let tag = match op.kind {
                     OpType::Invoke if op.f == F_CAS => op.value.get(1).cloned(),
@@ -111,6 +139,9 @@ pub fn to_watch(history: &[Op]) -> Vec<Op> {
                 (f, value)
             }
             F_RSTMDB_WATCH => {
+                if scopes.get(&op.process).map(Option::as_deref) != Some(scope) {
+                    continue;
+                }
                 let value = match op.kind {
                     OpType::Ok => match serde_json::from_value::<RstmdbSession>(op.value.clone()) {
                         Ok(s) => serde_json::to_value(session_record(&s)).unwrap_or(Value::Null),
@@ -146,9 +177,13 @@ fn session_record(s: &RstmdbSession) -> SessionRecord {
                            "value": tag_value(&e.tag)}),
         })
         .collect();
+    let last = s.events.iter().map(|e| e.wal_offset).max();
     SessionRecord {
         from: s.from,
         lines,
+        end: last
+            .filter(|_| s.instance.is_some())
+            .map(|r| json!({"error": s.ending, "revision": r})),
         ..SessionRecord::default()
     }
 }
@@ -314,15 +349,31 @@ pub fn summary(history: &[Op]) -> CheckResult {
 
 /// All checks of the rstmdb workload, in `results.json` order.
 pub fn check_rstmdb(history: &[Op], budget: Duration) -> Vec<CheckResult> {
-    let mut watch = super::watch::check_watch(&to_watch(history));
-    watch.name = "rstmdb-watch".into();
-    vec![
+    let mut all = super::watch::check_watch(&to_watch(history, None));
+    all.name = "rstmdb-watch-all".into();
+    let mut out = vec![
         summary(history),
         super::linearizable::check_register(history, budget),
         super::monotonic::check_monotonic_reads(history),
         check_offsets(history),
-        watch,
-    ]
+        all,
+    ];
+    let instances: BTreeSet<String> = scopes(history).into_values().flatten().collect();
+    if !instances.is_empty() {
+        let mut details = serde_json::Map::new();
+        let mut verdicts = Vec::new();
+        for i in instances {
+            let r = super::watch::check_watch(&to_watch(history, Some(&i)));
+            verdicts.push(r.verdict);
+            details.insert(i, r.details);
+        }
+        out.push(CheckResult::new(
+            "rstmdb-watch-instance",
+            super::combine_verdicts(verdicts),
+            Value::Object(details),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -354,6 +405,7 @@ mod tests {
     fn session(h: &mut Hist, p: u64, from: u64, events: Vec<RecordedEvent>, t: (u64, u64)) {
         let s = RstmdbSession {
             from,
+            instance: None,
             subscription_id: format!("sub-{p}-{from}"),
             events,
             ending: "idle".into(),
@@ -425,7 +477,7 @@ mod tests {
         session(&mut h, W, 1, vec![ev(5, "i0", 1), ev(8, "i0", 2)], (0, 6));
         session(&mut h, W, 9, vec![ev(10, "fence", 100)], (6, 12));
         let r = check_rstmdb(&h.build(), Duration::from_secs(5));
-        let w = r.iter().find(|r| r.name == "rstmdb-watch").unwrap();
+        let w = r.iter().find(|r| r.name == "rstmdb-watch-all").unwrap();
         assert_eq!(w.verdict, Verdict::Invalid);
         assert_eq!(
             w.details["violations_by_kind"]["resumed_at_wrong_revision"],
@@ -442,7 +494,7 @@ mod tests {
             (6, 12),
         );
         let r = check_rstmdb(&h.build(), Duration::from_secs(5));
-        let w = r.iter().find(|r| r.name == "rstmdb-watch").unwrap();
+        let w = r.iter().find(|r| r.name == "rstmdb-watch-all").unwrap();
         assert_eq!(w.verdict, Verdict::Invalid);
         assert_eq!(w.details["violations_by_kind"]["acked_write_missing"], 1);
     }
@@ -475,7 +527,10 @@ mod tests {
 
     fn watch_violations(h: &Hist) -> (Verdict, Value) {
         let r = check_rstmdb(&h.build(), Duration::from_secs(5));
-        let w = r.into_iter().find(|r| r.name == "rstmdb-watch").unwrap();
+        let w = r
+            .into_iter()
+            .find(|r| r.name == "rstmdb-watch-all")
+            .unwrap();
         (w.verdict, w.details["violations_by_kind"].clone())
     }
 
@@ -606,5 +661,60 @@ mod tests {
             kinds.contains(&&json!("two_tags_at_one_offset")),
             "{kinds:?}"
         );
+    }
+
+    fn instance_session(
+        h: &mut Hist,
+        p: u64,
+        from: u64,
+        events: Vec<RecordedEvent>,
+        t: (u64, u64),
+    ) {
+        let s = RstmdbSession {
+            from,
+            instance: Some("i0".into()),
+            subscription_id: format!("sub-{p}-{from}"),
+            events,
+            ending: "idle".into(),
+        };
+        let v = serde_json::to_value(s).unwrap();
+        let inv = json!({"from": from, "instance": "i0"});
+        h.op(p, F_RSTMDB_WATCH, inv, t.0, End::Ok(v, t.1));
+    }
+
+    fn instance_check(h: &Hist) -> CheckResult {
+        let r = check_rstmdb(&h.build(), Duration::from_secs(5));
+        r.into_iter()
+            .find(|r| r.name == "rstmdb-watch-instance")
+            .unwrap()
+    }
+
+    #[test]
+    fn an_instance_watcher_sees_its_instance_only_and_resumes_after_the_last() {
+        let mut h = base();
+        // Each of an instance's offsets is whole: resuming at last + 1.
+        instance_session(&mut h, W + 2, 1, vec![ev(5, "i0", 1)], (0, 4));
+        instance_session(&mut h, W + 2, 6, vec![ev(8, "i0", 2)], (4, 12));
+        let r = instance_check(&h);
+        assert_eq!(r.verdict, Verdict::Valid, "{}", r.details);
+        // WATCH_ALL watchers are judged apart (none here: nothing streamed).
+        assert_eq!(verdict_of(&h, "rstmdb-watch-all"), Verdict::Unknown);
+    }
+
+    #[test]
+    fn an_instance_watcher_missing_a_write_or_given_another_instance_is_invalid() {
+        let mut h = base();
+        instance_session(&mut h, W + 2, 1, vec![ev(8, "i0", 2)], (0, 12));
+        let r = instance_check(&h);
+        assert_eq!(r.verdict, Verdict::Invalid);
+        assert_eq!(
+            r.details["i0"]["violations_by_kind"]["acked_write_missing"],
+            1
+        );
+        let mut h = base();
+        instance_session(&mut h, W + 2, 1, all()[..3].to_vec(), (0, 12));
+        let r = instance_check(&h);
+        assert_eq!(r.verdict, Verdict::Invalid);
+        assert_eq!(r.details["i0"]["violations_by_kind"]["never_written"], 1);
     }
 }
