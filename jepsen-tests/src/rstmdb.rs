@@ -294,7 +294,8 @@ impl Rstmdb {
         self.next_tag.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// An open connection to `addr`: a pooled one or a new one.
+    /// An open connection to `addr`: a pooled one or a new one (each turn
+    /// takes one from the pool, so the loop ends).
     async fn checkout(&self, addr: SocketAddr) -> Result<Conn, String> {
         loop {
             let pooled = self
@@ -338,7 +339,8 @@ impl Rstmdb {
         }
     }
 
-    /// One op on a pooled connection to `addr`, recorded if `sink` is given.
+    /// One op on a pooled connection to `addr`; what it tells of offsets is
+    /// learnt, and a CONFLICT makes the process read that instance next.
     async fn run_op(&self, addr: SocketAddr, inv: &Invocation) -> Completion {
         let conn = match self.checkout(addr).await {
             Ok(c) => c,
@@ -365,7 +367,11 @@ impl Rstmdb {
                 let (process, expected) = planned.unwrap_or((0, None));
                 let c = apply(&conn, &inv.key, tag, expected).await;
                 self.learn(&inv.key, &c, Some(json!(tag)), "wal_offset");
-                if c.kind == OpType::Fail && c.error.as_deref().unwrap_or("").contains("Conflict") {
+                let conflict = c
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("Conflict "));
+                if c.kind == OpType::Fail && conflict {
                     self.stale
                         .lock()
                         .expect("stale")
