@@ -10,9 +10,11 @@ use anyhow::Context;
 
 use crate::topology::Topology;
 
-/// gRPC and HTTP ports inside each namespace (each node has its own address).
+/// gRPC, HTTP and rstmdb ports inside each namespace (each node has its
+/// own address).
 pub const GRPC_PORT: u16 = 7080;
 pub const HTTP_PORT: u16 = 8080;
+pub const RSTMDB_PORT: u16 = 7401;
 
 /// Settings passed to every node.
 #[derive(Clone, Debug)]
@@ -94,6 +96,10 @@ impl Cluster {
         format!("{}:{HTTP_PORT}", self.topo.node(id).ip)
     }
 
+    pub fn rstmdb_addr(&self, id: u32) -> String {
+        format!("{}:{RSTMDB_PORT}", self.topo.node(id).ip)
+    }
+
     pub fn is_running(&self, id: u32) -> bool {
         self.procs[(id - 1) as usize].is_some()
     }
@@ -127,6 +133,7 @@ impl Cluster {
             .arg(self.data_dir.join(format!("n{id}")))
             .args(["--http-addr", &self.http_addr(id)])
             .args(["--grpc-addr", &self.grpc_addr(id)])
+            .args(["--rstmdb-addr", &self.rstmdb_addr(id)])
             .args(["--peer", &peers.join(",")])
             .args(["--snapshot-logs", &self.opts.snapshot_logs.to_string()])
             .args(["--keep-logs", &self.opts.keep_logs.to_string()])

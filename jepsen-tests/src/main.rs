@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use jepsen_tests::checker::{self, Verdict};
 use jepsen_tests::cluster::NodeOpts;
 use jepsen_tests::nemesis::Fault;
+use jepsen_tests::rstmdb::Rstmdb;
 use jepsen_tests::runner::{self, exit_code, RunOpts};
 use jepsen_tests::topology;
 use jepsen_tests::watch::Watch;
@@ -47,10 +48,10 @@ enum Cmd {
         /// Register workload: read with `?stale` (must be found non-linearizable).
         #[arg(long)]
         stale_reads: bool,
-        /// Keys of the register and watch workloads.
+        /// Keys of the register and watch workloads; instances of rstmdb.
         #[arg(long, default_value_t = 5)]
         keys: usize,
-        /// Watch workload: watchers per node (1-8).
+        /// Watch and rstmdb workloads: watchers per node (1-8).
         #[arg(long, default_value_t = 2)]
         watchers: u32,
         /// The raftmesh binary; default: next to this one.
@@ -136,7 +137,8 @@ fn real_main() -> anyhow::Result<i32> {
                 "register" => Arc::new(Register::new(keys.max(1), stale_reads)),
                 "set" => Arc::new(Set::new()),
                 "watch" => Arc::new(Watch::new(keys, watchers)),
-                other => anyhow::bail!("unknown workload {other:?} (register, set, watch)"),
+                "rstmdb" => Arc::new(Rstmdb::new(keys, watchers)),
+                other => anyhow::bail!("unknown workload {other:?} (register, set, watch, rstmdb)"),
             };
             let faults = nemesis
                 .iter()

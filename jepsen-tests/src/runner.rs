@@ -503,12 +503,18 @@ pub struct FileCheck {
     pub not_checked: Vec<NotChecked>,
 }
 
-/// The workload whose checkers fit a recorded history: watch if it has
-/// `watch` sessions, set if it has `add`s, else register. The register's
+/// The workload whose checkers fit a recorded history: rstmdb if it has
+/// `rstmdb-watch` sessions, watch if it has `watch` sessions, set if it has
+/// `add`s, else register. The register's
 /// checkers are the same with and without stale reads (the reads themselves
 /// differ, not the rules).
 pub fn workload_of(history: &[Op]) -> Box<dyn Workload> {
     if history
+        .iter()
+        .any(|o| o.f == crate::checker::rstmdb::F_RSTMDB_WATCH)
+    {
+        Box::new(crate::rstmdb::Rstmdb::new(1, 1))
+    } else if history
         .iter()
         .any(|o| o.f == crate::checker::watch::F_WATCH)
     {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use jepsen_tests::checker::recovery::RecoveryProbe;
 use jepsen_tests::history::{read_jsonl, write_jsonl, write_lines, Op, OpType};
+use jepsen_tests::rstmdb::Rstmdb;
 use jepsen_tests::runner;
 use jepsen_tests::watch::Watch;
 use jepsen_tests::workload::{Register, Set, Workload};
@@ -276,6 +277,92 @@ fn watch_recording_gets_the_watch_checker() {
     }
 }
 
+/// An rstmdb recording: instance i0 read at its creation offset 2, one cas
+/// acked at 5, then a WATCH_ALL watcher that got the event (or, when
+/// `lost`, nothing although the fence at 7 shows it went past 5).
+fn rstmdb_history(lost: bool) -> Vec<Op> {
+    let op = |process, kind, f: &str, key: &str, value: Value, time| Op {
+        process,
+        kind,
+        f: f.into(),
+        key: key.into(),
+        value,
+        node: 1,
+        time,
+        error: None,
+    };
+    let w = 1u64 << 40;
+    let ev = |o: u64, i: &str, t: i64| json!({"wal_offset": o, "instance_id": i, "tag": t});
+    let events = if lost {
+        vec![ev(7, "fence", 2)]
+    } else {
+        vec![ev(5, "i0", 1), ev(7, "fence", 2)]
+    };
+    let session =
+        json!({"from": 1, "subscription_id": "s1", "events": events, "ending": "caught up"});
+    vec![
+        op(
+            w,
+            OpType::Invoke,
+            "rstmdb-watch",
+            "watch",
+            json!({"from": 1}),
+            1,
+        ),
+        op(0, OpType::Invoke, "read", "i0", Value::Null, 2),
+        op(
+            0,
+            OpType::Ok,
+            "read",
+            "i0",
+            json!({"revision": 2, "value": null}),
+            3,
+        ),
+        op(0, OpType::Invoke, "cas", "i0", json!([null, 1]), 4),
+        op(
+            0,
+            OpType::Ok,
+            "cas",
+            "i0",
+            json!({"tag": 1, "expected_offset": 2, "wal_offset": 5}),
+            5,
+        ),
+        op(1, OpType::Invoke, "fence", "fence", json!(2), 6),
+        op(
+            1,
+            OpType::Ok,
+            "fence",
+            "fence",
+            json!({"tag": 2, "wal_offset": 7}),
+            7,
+        ),
+        op(w, OpType::Ok, "rstmdb-watch", "watch", session, 8),
+    ]
+}
+
+#[test]
+fn rstmdb_recording_gets_the_rstmdb_checkers() {
+    for (lost, code) in [(false, 0), (true, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("history.jsonl");
+        write_jsonl(&history, &rstmdb_history(lost)).unwrap();
+        write_lines(&dir.path().join("recovery.jsonl"), &probes(&[500])).unwrap();
+        let out = check(&history);
+        assert_eq!(out.code, code, "{} {}", out.json, out.stderr);
+        assert_eq!(
+            names(&out.json),
+            [
+                "recovery",
+                "rstmdb-summary",
+                "linearizable-register",
+                "monotonic-reads",
+                "rstmdb-offsets",
+                "rstmdb-watch-all"
+            ]
+        );
+    }
+}
+
 /// Checks without their timings (the search's elapsed time varies).
 fn comparable(checks: &[jepsen_tests::checker::CheckResult]) -> Vec<Value> {
     checks
@@ -295,7 +382,7 @@ fn comparable(checks: &[jepsen_tests::checker::CheckResult]) -> Vec<Value> {
 #[test]
 fn check_file_runs_what_run_runs_for_each_workload() {
     let budget = Duration::from_secs(60);
-    let cases: [(&dyn Workload, Vec<Op>); 4] = [
+    let cases: [(&dyn Workload, Vec<Op>); 5] = [
         (
             &Register::new(5, false),
             read_jsonl(&fixture("linearizable-partition-kill.jsonl")).unwrap(),
@@ -306,6 +393,7 @@ fn check_file_runs_what_run_runs_for_each_workload() {
         ),
         (&Set::new(), set_history()),
         (&Watch::new(5, 2), watch_history(true)),
+        (&Rstmdb::new(5, 2), rstmdb_history(false)),
     ];
     for (workload, history) in cases {
         let dir = tempfile::tempdir().unwrap();

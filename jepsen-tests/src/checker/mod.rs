@@ -28,6 +28,9 @@
 //!   `watch` sessions, one per stream (invoke value `{"from": R}`; ok value a
 //!   [`watch::SessionRecord`] of the lines received; a refused stream fails
 //!   with `{"from", "status", "oldest"}`).
+//! * rstmdb workload ([`rstmdb::check_rstmdb`]): per-instance `cas` and
+//!   `read` in the register format above (tags as values, offsets as
+//!   revisions), `fence`s and `rstmdb-watch` sessions; see [`rstmdb`].
 //! * Recovery ([`recovery::check_recovery`]) does not read the history but
 //!   [`recovery::RecoveryProbe`]s the harness records after healing (a
 //!   run's `recovery.jsonl`).
@@ -37,6 +40,7 @@ use serde::{Deserialize, Serialize};
 pub mod linearizable;
 pub mod monotonic;
 pub mod recovery;
+pub mod rstmdb;
 pub mod set;
 pub mod watch;
 
