@@ -253,7 +253,7 @@ mod tests {
             m,
             ClientMsg::Push {
                 key: "k".into(),
-                value: r#"{"b":1,"a":[1,2.5]}"#.into(),
+                value: r#"{"a":[1,2.5],"b":1}"#.into(),
                 action: PushAction::Compact { seq: 4 }
             }
         );
