@@ -194,6 +194,12 @@ grep -qx '{"revision":2,"key":"exampleKey","value":4}' <<<"$out" &&
   grep -qx '{"revision":4,"key":"exampleKey","value":6}' <<<"$out" &&
   grep -qx '{"revision":5,"key":"exampleKey","deleted":true}' <<<"$out"
 check "watch from 1 on node 3 streams the examples' writes in order"
+# The README's room line: a room made on node 1, known on node 3.
+out="$(curl -sS --noproxy '*' --max-time 5 -X POST "$(url 1 /new)")"
+room="$(sed -n 's/.*"room":"\([0-9a-f]*\)".*/\1/p' <<<"$out")"
+[ -n "$room" ] && grep -q "\"socket_url\":\"ws://127.0.0.1:$HTTP_PORT/room/$room/connect\"" <<<"$out" &&
+  get 3 "/room/$room" | grep -q "\"room\":\"$room\""
+check "POST /new on node 1 makes a room node 3 knows, its socket_url on node 1"
 
 out="$(l3 up 2>&1)"
 rc=$?
