@@ -8,6 +8,23 @@ pub use crate::ops::fuzzing::{add_learner_body, change_membership_body, retentio
 pub use crate::pm3::fuzzing::{cas_body, put_body, validate_key};
 
 use crate::error::GatewayError;
+
+/// A DriftDB client frame as a socket reads it: text as JSON, binary as
+/// CBOR, then the message schema. `Err` is the `error` message's text.
+pub fn drift_message(frame: &[u8], binary: bool) -> Result<crate::drift::wire::ClientMsg, String> {
+    let value = if binary {
+        crate::drift::cbor_decode(frame)?
+    } else {
+        let text = std::str::from_utf8(frame).map_err(|e| format!("not UTF-8: {e}"))?;
+        serde_json::from_str(text).map_err(|e| format!("the message is not JSON: {e}"))?
+    };
+    crate::drift::wire::parse(&value)
+}
+
+/// CBOR for an outgoing room message built as JSON text.
+pub fn drift_encode(json: &str) -> Vec<u8> {
+    crate::drift::cbor_encode(json)
+}
 use crate::query::QueryParams;
 
 /// Removes insignificant whitespace from valid JSON text (request values).

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use raftmesh_proto::{
-    ApplyResult, ClusterError, Cmd, Domain, NodeId, NodeInfo, Retention, SettingsCmd,
+    ApplyResult, ClusterError, Cmd, Domain, NodeId, NodeInfo, Retention, RoomLimits, SettingsCmd,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,53 @@ pub(crate) fn settings_routes<B: Replicate + Subscribe>() -> Router<AppState<B>>
             "/cluster/settings/allow-flush-all",
             axum::routing::put(set_allow_flush_all::<B>),
         )
+        .route(
+            "/cluster/settings/room-limits",
+            axum::routing::put(set_room_limits::<B>),
+        )
+}
+
+/// `PUT /cluster/settings/room-limits` `{"max_message_bytes": N,
+/// "max_keys": N, "max_values_per_key": N, "idle_ttl_ms": N}`: the limits
+/// every room push is checked against, on every node (omitted fields keep
+/// their defaults; `idle_ttl_ms` 0 keeps idle rooms).
+async fn set_room_limits<B: Replicate>(
+    State(st): State<AppState<B>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, GatewayError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        max_message_bytes: Option<u64>,
+        max_keys: Option<u64>,
+        max_values_per_key: Option<u64>,
+        idle_ttl_ms: Option<u64>,
+    }
+    let body = body.map_err(|e| body_error(e, &st.cfg))?;
+    let b: Body = json::parse_body(
+        &body,
+        r#"{"max_message_bytes": N, "max_keys": N, "max_values_per_key": N, "idle_ttl_ms": N}"#,
+    )?;
+    let d = RoomLimits::default();
+    let limits = RoomLimits {
+        max_message_bytes: b.max_message_bytes.unwrap_or(d.max_message_bytes),
+        max_keys: b.max_keys.unwrap_or(d.max_keys),
+        max_values_per_key: b.max_values_per_key.unwrap_or(d.max_values_per_key),
+        idle_ttl_ms: b.idle_ttl_ms.unwrap_or(d.idle_ttl_ms),
+    };
+    if limits.max_message_bytes == 0 || limits.max_keys == 0 || limits.max_values_per_key == 0 {
+        return Err(GatewayError::BadRequest(
+            "max_message_bytes, max_keys and max_values_per_key must be at least 1".into(),
+        ));
+    }
+    let out = st
+        .backend
+        .write(Cmd::Settings(SettingsCmd::SetRoomLimits(limits)))
+        .await?;
+    Ok(with_index(
+        json_response(format!(r#"{{"revision":{}}}"#, out.index)),
+        Some(out.index),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -54,6 +54,7 @@ const VERSION_REPROBE_AFTER: Duration = Duration::from_secs(1);
 const VERSION_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod compact;
+mod rooms;
 
 pub(crate) struct Node {
     pub id: NodeId,

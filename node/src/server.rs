@@ -130,6 +130,7 @@ impl RunningNode {
                 }
             }),
             tokio::spawn(node.clone().bootstrap(stop_rx.clone())),
+            tokio::spawn(node.clone().expire_idle_rooms(stop_rx.clone())),
             tokio::spawn(node.clone().watch_state(stop_rx)),
         ];
         Ok(RunningNode {

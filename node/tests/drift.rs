@@ -165,6 +165,29 @@ async fn clients_on_different_nodes_share_one_room_and_one_sequence() {
             json!({"type":"push","key":"k","value":"only","seq":5})
         );
     }
+    // A WebSocket ping frame is answered by exactly one pong frame.
+    a.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
+    send(&mut a, json!({"type": "ping", "nonce": 0})).await;
+    let mut pongs = 0;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), a.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match m {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"hi");
+                pongs += 1;
+            }
+            Message::Text(t) => {
+                assert!(t.as_str().contains("pong"), "{t}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(pongs, 1);
     // ping with and without a nonce.
     send(&mut a, json!({"type": "ping", "nonce": 42})).await;
     assert_eq!(next(&mut a).await, json!({"type":"pong","nonce":42}));
@@ -281,4 +304,91 @@ async fn one_sockets_pushes_keep_their_order_and_debug_sockets_see_streams() {
     );
     send(&mut w, push("c", json!(1), json!({"type": "relay"}))).await;
     assert_eq!(next(&mut d).await["type"], "push");
+}
+
+/// Limits are a cluster-wide setting: a push over one is refused with an
+/// `error` naming it, on a socket that stays open; idle retention deletes a
+/// room with no push for the TTL (the leader proposes it), and its sockets
+/// are closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_cluster_settings_and_idle_rooms_expire() {
+    let c = start_cluster(3).await.unwrap();
+    c.wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let set = |body: Value| {
+        let url = format!("{}/cluster/settings/room-limits", c.url(2));
+        async move {
+            reqwest::Client::new()
+                .put(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(set(json!({"max_message_bytes": 0})).await, 400);
+    assert_eq!(
+        set(json!({"max_keys": 1, "max_message_bytes": 64})).await,
+        200
+    );
+    let room = new_room(&c, 1).await["room"].as_str().unwrap().to_string();
+    let mut a = connect(&c, 3, &room, "").await;
+    send(
+        &mut a,
+        push("k", json!("x".repeat(100)), json!({"type": "append"})),
+    )
+    .await;
+    let e = next(&mut a).await;
+    assert_eq!(e["type"], "error");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_bytes = 64"),
+        "{e}"
+    );
+    send(&mut a, push("k", json!(1), json!({"type": "append"}))).await;
+    assert_eq!(next(&mut a).await["seq"], 1);
+    send(&mut a, push("other", json!(1), json!({"type": "append"}))).await;
+    let e = next(&mut a).await;
+    assert!(e["message"].as_str().unwrap().contains("max_keys"), "{e}");
+    let (s, body) = http_send(
+        &c,
+        1,
+        &room,
+        push("other", json!(1), json!({"type": "append"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert!(body.contains("max_keys"), "{body}");
+
+    assert_eq!(set(json!({"idle_ttl_ms": 1})).await, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = reqwest::get(format!("{}/room/{room}", c.url(1)))
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle room was never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), a.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(f))) => break f,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(u16::from(closed.unwrap().code), 4404);
 }

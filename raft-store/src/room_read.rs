@@ -7,6 +7,42 @@ use crate::{cf, StoreError, StoreReader, CF_SM};
 pub use raftmesh_proto::{RoomValues, RoomView};
 
 impl StoreReader {
+    /// The room limits in force.
+    pub fn room_limits(&self) -> Result<raftmesh_proto::RoomLimits, StoreError> {
+        let _shared = self.gate.read()?;
+        crate::apply::room::limits(&crate::apply::Txn::new(&self.db))
+    }
+
+    /// Rooms in id order after `after` (exclusive), at most `limit`, with
+    /// their state: the leader's idle-retention pass walks them in pages.
+    pub fn rooms_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, RoomView)>, StoreError> {
+        let _shared = self.gate.read()?;
+        let prefix = b"r/".to_vec();
+        let from = match after {
+            Some(a) => {
+                let mut k = room_key(a);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in crate::prefix_iter(&self.db, &prefix, &from) {
+            let (k, v) = item?;
+            if out.len() == limit {
+                break;
+            }
+            let id = String::from_utf8(k[prefix.len()..].to_vec())
+                .map_err(|_| StoreError::Corrupt("a room id is not UTF-8".into()))?;
+            out.push((id, decode_view(&v)?));
+        }
+        Ok(out)
+    }
+
     pub fn room_get(&self, room: &str) -> Result<Option<RoomView>, StoreError> {
         let _shared = self.gate.read()?;
         self.db

@@ -22,6 +22,7 @@ use axum::Router;
 use raftmesh_proto::{ApplyResult, Cmd, RoomCmd, RoomErrorCode, RoomResult};
 use serde_json::Value;
 
+pub(crate) use cbor::{decode as cbor_decode, encode_json as cbor_encode};
 pub(crate) use hub::Hub;
 use wire::{ClientMsg, DriftError};
 

@@ -77,9 +77,11 @@ pub fn parse(v: &Value) -> Result<ClientMsg, SchemaError> {
                             "the compact action's seq",
                         )?,
                     },
-                    Some(other) => return Err(format!(
+                    Some(other) => {
+                        return Err(format!(
                         "unknown action type {other:?}; expected relay, append, replace or compact"
-                    )),
+                    ))
+                    }
                     None => return Err("the action needs a string `type`".into()),
                 },
                 Some(other) => {
