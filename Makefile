@@ -4,6 +4,8 @@
 # Both start by installing the system packages the build needs (as root).
 
 CARGO ?= cargo
+# Where cargo puts builds (CARGO_TARGET_DIR when set).
+TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
 APT_PACKAGES := librocksdb-dev libclang-dev clang pkg-config ca-certificates curl iproute2 iptables faketime
 
 .PHONY: deps run test build release fmt lint
@@ -27,8 +29,14 @@ build: deps
 release: deps
 	$(CARGO) build --release --bin raftmesh
 
+# Then the real clients of the originals against a local 3-node cluster of
+# this build: rstmdb-cli 0.3.0 and PyPI rstmdb 0.2.1, and the npm DriftDB
+# client 1.0.12 (each installed once, cached in $$HOME/.cache, outside the clone).
 test: deps
 	$(CARGO) test --workspace
+	$(CARGO) build --bin raftmesh
+	RAFTMESH_BIN="$(TARGET_DIR)/debug/raftmesh" bash deploy/test-rstmdb-clients.sh
+	RAFTMESH_BIN="$(TARGET_DIR)/debug/raftmesh" bash deploy/test-driftdb-client.sh
 
 fmt:
 	$(CARGO) fmt --all
