@@ -77,6 +77,12 @@ pub struct Config {
     pub rstmdb_token_file: Option<PathBuf>,
     /// Largest rstmdb frame payload.
     pub rstmdb_max_frame_bytes: usize,
+    /// Where DriftDB clients reach this node (`socket_url`, `http_url`
+    /// are built on it); unset: from the request's Host and scheme.
+    pub drift_public_url: Option<String>,
+    /// Messages queued for one room socket; a socket this far behind is
+    /// closed with a reason.
+    pub drift_socket_queue: usize,
     /// The feature version this node advertises. For upgrade testing only:
     /// a lower value makes the node pose as an older release, so the
     /// leader's version gate can be exercised without old binaries.
@@ -112,6 +118,8 @@ impl Default for Config {
             rstmdb_token_hashes: Vec::new(),
             rstmdb_token_file: None,
             rstmdb_max_frame_bytes: 16 << 20,
+            drift_public_url: None,
+            drift_socket_queue: 4096,
             advertised_version: raftmesh_proto::FEATURE_VERSION,
         }
     }
@@ -170,6 +178,14 @@ impl Config {
         }
         if self.max_pending_writes == 0 || self.max_list_keys == 0 || self.feed_buffer == 0 {
             bail!("max-pending-writes, max-list-keys and feed-buffer must be > 0");
+        }
+        if self.drift_socket_queue == 0 {
+            bail!("drift-socket-queue must be at least 1");
+        }
+        if let Some(u) = &self.drift_public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                bail!("drift-public-url must start with http:// or https:// (got {u:?})");
+            }
         }
         if self.rstmdb_max_frame_bytes < 1024 {
             bail!("rstmdb-max-frame-bytes must be at least 1024");
@@ -360,6 +376,15 @@ pub struct ServeArgs {
     /// Largest rstmdb frame payload, bytes. [default: 16777216]
     #[arg(long, env = "RAFTMESH_RSTMDB_MAX_FRAME_BYTES")]
     pub rstmdb_max_frame_bytes: Option<usize>,
+    /// Public base URL of this node for DriftDB clients, e.g.
+    /// https://example.com/drift (a path prefix is kept). [default: none:
+    /// from the request's Host and X-Forwarded-Proto]
+    #[arg(long, env = "RAFTMESH_DRIFT_PUBLIC_URL")]
+    pub drift_public_url: Option<String>,
+    /// Messages queued for one DriftDB socket; one further behind is
+    /// closed with a reason. [default: 4096]
+    #[arg(long, env = "RAFTMESH_DRIFT_SOCKET_QUEUE")]
+    pub drift_socket_queue: Option<usize>,
     /// For upgrade testing only: advertise this feature version instead of
     /// the build's, posing as an older release.
     #[arg(long, env = "RAFTMESH_ADVERTISED_VERSION", hide = true)]
@@ -403,8 +428,12 @@ impl ServeArgs {
             feed_buffer,
             rstmdb_addr,
             rstmdb_max_frame_bytes,
+            drift_socket_queue,
             advertised_version
         );
+        if self.drift_public_url.is_some() {
+            c.drift_public_url = self.drift_public_url.clone();
+        }
         if self.rstmdb_token_file.is_some() {
             c.rstmdb_token_file = self.rstmdb_token_file.clone();
         }
@@ -506,6 +535,7 @@ mod tests {
             format!("[default: {}]", d.feed_buffer),
             format!("[default: {}]", d.rstmdb_addr),
             format!("[default: {}]", d.rstmdb_max_frame_bytes),
+            format!("[default: {}]", d.drift_socket_queue),
         ];
         let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for s in shown {

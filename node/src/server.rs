@@ -85,7 +85,11 @@ impl RunningNode {
             max_list_keys: cfg.max_list_keys,
             watch_leaderless: std::time::Duration::from_millis(cfg.election_timeout_max_ms),
             rstmdb: rstmdb_cfg.clone(),
-            drift: raftmesh_gateway::drift::DriftConfig::default(),
+            drift: raftmesh_gateway::drift::DriftConfig {
+                public_url: cfg.drift_public_url.clone(),
+                socket_queue: cfg.drift_socket_queue,
+                ..Default::default()
+            },
         };
         let node = Node::start(cfg).await?;
 

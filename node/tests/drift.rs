@@ -392,3 +392,53 @@ async fn limits_are_cluster_settings_and_idle_rooms_expire() {
     };
     assert_eq!(u16::from(closed.unwrap().code), 4404);
 }
+
+/// A socket that stops reading while its room is busy is closed with 4408
+/// and a reason once its queue is full — never skipped silently — and the
+/// other sockets of the room get every push.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_too_slow_for_its_queue_is_closed_with_a_reason() {
+    let c = raftmesh_node::testing::start_cluster_with(1, |cfg| cfg.drift_socket_queue = 4)
+        .await
+        .unwrap();
+    let room = new_room(&c, 1).await["room"].as_str().unwrap().to_string();
+    // The slow one reads nothing until the end.
+    let mut slow = connect(&c, 1, &room, "").await;
+    let mut fast = connect(&c, 1, &room, "").await;
+    let fat = "x".repeat(60_000);
+    let mut seen = 0;
+    for i in 0..200 {
+        let (s, _) = http_send(
+            &c,
+            1,
+            &room,
+            push("k", json!({"i": i, "fat": fat}), json!({"type": "relay"})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        // The fast socket keeps up.
+        let m = next(&mut fast).await;
+        assert_eq!(m["value"]["i"], i);
+        seen += 1;
+    }
+    assert_eq!(seen, 200);
+    let mut got = 0;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next())
+            .await
+            .expect("the slow socket ends")
+        {
+            Some(Ok(Message::Text(_))) => got += 1,
+            Some(Ok(Message::Close(f))) => break f,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    let f = closed.expect("a close frame");
+    assert_eq!(u16::from(f.code), 4408, "{f:?}");
+    assert!(f.reason.contains("fell behind"), "{f:?}");
+    assert!(
+        got < 200,
+        "it was closed before the end, after {got} messages"
+    );
+}
