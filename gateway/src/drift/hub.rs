@@ -249,32 +249,32 @@ impl Hub {
                                 "room fan-out cannot resume at {}: {e:?}",
                                 last_index + 1
                             );
-                            self.close_all(
-                                CLOSE_TOO_SLOW,
-                                "this node fell behind the room's pushes; reconnect and get your keys again",
-                            );
-                            match backend.subscribe(Domain::Room, None) {
-                                Ok(s) => sub = s,
-                                Err(_) => return self.stopped(),
+                            match self.restart(&*backend) {
+                                Some(s) => sub = s,
+                                None => return self.stopped(),
                             }
                         }
                     }
                 }
-                FeedNext::End(FeedEnd::Compacted { .. }) => {
-                    self.close_all(
-                        CLOSE_TOO_SLOW,
-                        "this node fell behind the room's pushes; reconnect and get your keys again",
-                    );
-                    match backend.subscribe(Domain::Room, None) {
-                        Ok(s) => sub = s,
-                        Err(_) => return self.stopped(),
-                    }
-                }
+                FeedNext::End(FeedEnd::Compacted { .. }) => match self.restart(&*backend) {
+                    Some(s) => sub = s,
+                    None => return self.stopped(),
+                },
                 FeedNext::End(FeedEnd::Closed) | FeedNext::End(FeedEnd::Failed(_)) => {
                     return self.stopped();
                 }
             }
         }
+    }
+
+    /// The fan-out missed entries it cannot replay: every socket is told to
+    /// reconnect and resync, and the fan-out starts again from now.
+    fn restart<B: Backend>(&self, backend: &B) -> Option<B::Stream> {
+        self.close_all(
+            CLOSE_TOO_SLOW,
+            "this node fell behind the room's pushes; reconnect and get your keys again",
+        );
+        backend.subscribe(Domain::Room, None).ok()
     }
 
     fn stopped(&self) {

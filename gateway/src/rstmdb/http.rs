@@ -66,14 +66,19 @@ fn bearer(headers: &HeaderMap, cfg: &RstmdbConfig) -> Bearer {
 /// An error answer outside any request (a refused token), with the node's
 /// Raft view in `meta` like every other answer.
 fn refusal<B: Backend>(st: &AppState<B>, e: WireError) -> Response {
-    let view = st.backend.raft_view();
+    json_answer(&outside_error(&*st.backend, &e, "http"), usize::MAX)
+}
+
+/// An error envelope answering no request, `meta` from the Raft view.
+fn outside_error<B: Backend>(b: &B, e: &WireError, transport: &str) -> Value {
+    let view = b.raft_view();
     let meta = Meta {
         leader: view.is_leader,
         wal_offset: view.applied_index,
         server_time_ms: super::server::now_ms(),
-        trace_id: format!("{}-http", view.node_id),
+        trace_id: format!("{}-{transport}", view.node_id),
     };
-    json_answer(&wire::error("", &e, &meta), usize::MAX)
+    wire::error("", e, &meta)
 }
 
 fn json_answer(v: &Value, max: usize) -> Response {
@@ -187,18 +192,8 @@ async fn serve_socket<B: Backend>(ws: WebSocket, st: AppState<B>, authed: bool) 
                 let e = WireError::BadRequest(
                     "send each request as a text frame holding its JSON envelope".into(),
                 );
-                let view = st.backend.raft_view();
-                let meta = Meta {
-                    leader: view.is_leader,
-                    wal_offset: view.applied_index,
-                    server_time_ms: super::server::now_ms(),
-                    trace_id: format!("{}-ws", view.node_id),
-                };
-                if out_tx
-                    .send(Out::Msg(wire::error("", &e, &meta)))
-                    .await
-                    .is_err()
-                {
+                let msg = outside_error(&*st.backend, &e, "ws");
+                if out_tx.send(Out::Msg(msg)).await.is_err() {
                     break;
                 }
             }
