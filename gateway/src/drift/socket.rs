@@ -84,7 +84,21 @@ pub(crate) async fn serve<B: Backend>(ws: WebSocket, st: DriftState<B>, room: St
                     }
                     o = out_rx.recv() => match o {
                         Some(Out::Text(t)) => {
-                            if sink.send(frame_of(&t, cbor)).await.is_err() {
+                            // Everything already queued goes out with one
+                            // flush, not one write per frame.
+                            let mut frames = vec![t];
+                            while frames.len() < 256 {
+                                match out_rx.try_recv() {
+                                    Ok(Out::Text(t)) => frames.push(t),
+                                    Err(_) => break,
+                                }
+                            }
+                            for t in frames {
+                                if sink.feed(frame_of(&t, cbor)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            if sink.flush().await.is_err() {
                                 return;
                             }
                         }
@@ -190,13 +204,29 @@ fn text(s: String) -> Out {
 
 /// Proposes the socket's pushes in order; answers each refused one with an
 /// `error`, and each stored stream longer than 1 with `stream_size` after
-/// the push itself reached the socket.
+/// the push itself reached the socket. The answers go through an ordered
+/// task of their own, so waiting for an echo never holds back the next
+/// run of pushes.
 async fn sequence<B: Backend>(
     st: DriftState<B>,
     mut rx: mpsc::Receiver<(String, RoomCmd)>,
     out: mpsc::Sender<Out>,
     order: String,
 ) {
+    let (answers, mut answer_rx) = mpsc::channel::<(u64, String)>(st.cfg.socket_queue.max(1));
+    let answering = {
+        let hub = st.hub.clone();
+        tokio::spawn(async move {
+            while let Some((index, msg)) = answer_rx.recv().await {
+                if index > 0 {
+                    hub.delivered(index, ECHO_WAIT).await;
+                }
+                if out.send(text(msg)).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     while let Some(first) = rx.recv().await {
         let mut run = vec![first];
         while run.len() < 256 {
@@ -208,25 +238,29 @@ async fn sequence<B: Backend>(
         let cmds = run.iter().map(|(_, c)| Cmd::Room(c.clone())).collect();
         let outcomes = st.backend.write_seq(cmds, order.clone()).await;
         for ((key, _), outcome) in run.into_iter().zip(outcomes) {
-            let msg = match outcome {
+            // (index to wait for, message); index 0: send at once.
+            let answer = match outcome {
                 Ok(w) => match w.result {
                     ApplyResult::Room(RoomResult::Pushed { size, .. }) if size > 1 => {
-                        st.hub.delivered(w.index, ECHO_WAIT).await;
-                        Some(wire::stream_size_msg(&key, size))
+                        Some((w.index, wire::stream_size_msg(&key, size)))
                     }
                     ApplyResult::Room(RoomResult::Pushed { .. }) => None,
-                    ApplyResult::Room(RoomResult::Refused(e)) => Some(wire::error_msg(&e.message)),
-                    other => Some(wire::error_msg(&format!("unexpected result {other:?}"))),
+                    ApplyResult::Room(RoomResult::Refused(e)) => {
+                        Some((0, wire::error_msg(&e.message)))
+                    }
+                    other => Some((0, wire::error_msg(&format!("unexpected result {other:?}")))),
                 },
-                Err(e) => Some(wire::error_msg(&DriftError::from(e).socket_message())),
+                Err(e) => Some((0, wire::error_msg(&DriftError::from(e).socket_message()))),
             };
-            if let Some(m) = msg {
-                if out.send(text(m)).await.is_err() {
+            if let Some(a) = answer {
+                if answers.send(a).await.is_err() {
                     return;
                 }
             }
         }
     }
+    drop(answers);
+    let _ = answering.await;
 }
 
 /// Every retained value of `key` after `seq`, as `init`, read after a
