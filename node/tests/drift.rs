@@ -52,15 +52,26 @@ fn push(key: &str, value: Value, action: Value) -> Value {
     json!({"type": "push", "key": key, "value": value, "action": action})
 }
 
+/// `POST /room/:id/send`; a 503 (nothing was applied: safe to repeat, e.g.
+/// no leader confirmed yet on a loaded machine) is sent again, bounded. A
+/// 504 (outcome unknown) is returned as it is.
 async fn http_send(c: &TestCluster, node: u64, room: &str, v: Value) -> (u16, String) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/room/{room}/send", c.url(node)))
-        .header("content-type", "application/json")
-        .body(v.to_string())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    let mut last = (0, String::new());
+    for _ in 0..20 {
+        let r = reqwest::Client::new()
+            .post(format!("{}/room/{room}/send", c.url(node)))
+            .header("content-type", "application/json")
+            .body(v.to_string())
+            .send()
+            .await
+            .unwrap();
+        last = (r.status().as_u16(), r.text().await.unwrap());
+        if last.0 != 503 {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    last
 }
 
 #[tokio::test(flavor = "multi_thread")]
