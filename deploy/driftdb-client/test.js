@@ -29,9 +29,16 @@ async function until(what, ok, ms = 15000) {
   }
 }
 
+// A key's values as a client sees them: the subscription's `init` and the
+// live pushes can overlap (a push applied while the get was answered comes
+// both ways), so values are kept once per seq, in seq order.
 function watch(db, key) {
   const seen = [];
-  db.subscribe(key, (v) => seen.push(v));
+  db.subscribe(key, (v) => {
+    if (seen.some((x) => x.seq === v.seq)) return;
+    seen.push(v);
+    seen.sort((a, b) => a.seq - b.seq);
+  });
   return seen;
 }
 
