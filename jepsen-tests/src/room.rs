@@ -2,10 +2,10 @@
 //! a few keys each. The runner's clients append unique strings over HTTP
 //! (`POST /room/:id/send`: 200 acknowledged, 503 and 4xx not applied,
 //! anything else unknown). Socket senders, one per node and room, append
-//! over a WebSocket one push at a time; the ack is the room delivering the
+//! over a WebSocket in small bursts; a push's ack is the room delivering the
 //! sender's own value back to its socket, which names the seq, and any
-//! other ending (an `error`, a close, no echo in time) is unknown and ends
-//! the socket, so no sender ever has two pushes of unknown order. Watchers,
+//! other ending (an `error`, a close, no echo in time) leaves the burst's
+//! rest unknown and ends the socket (never retried). Watchers,
 //! sockets on every node, record every push delivered; each session starts
 //! with a `get` from seq 0 of every key (asked again after a refusal), so a
 //! reconnect resyncs. After heal,
@@ -48,8 +48,10 @@ const ECHO: Duration = Duration::from_secs(5);
 /// most this often and this many times per session.
 const REGET_AFTER: Duration = Duration::from_millis(500);
 const MAX_REGETS: usize = 40;
-/// Between a socket sender's pushes.
-const SEND_PAUSE: Duration = Duration::from_millis(100);
+/// Pushes a socket sender sends back to back, and the pause after their
+/// echoes.
+const BURST: u64 = 3;
+const SEND_PAUSE: Duration = Duration::from_millis(200);
 /// Room creation in setup: attempts and total time.
 const CREATE_TRIES: usize = 60;
 const CREATE_TIME: Duration = Duration::from_secs(30);
@@ -510,66 +512,97 @@ impl Socket {
         }
     }
 
-    /// Socket sessions until the clients' end, one push in flight each;
-    /// every session is its own process, and any push whose echo did not
-    /// come back ends it.
+    /// Socket sessions until the clients' end. Each sends bursts of
+    /// [`BURST`] pushes back to back (so the server sequences several at
+    /// once) and waits for all their echoes; push `i` of a burst is process
+    /// `i` of the session, so each process has one push in flight. Any
+    /// ending before every echo leaves the rest unknown and ends the socket.
+    /// Acks and unknowns carry the socket and the send index, for the
+    /// checker's per-socket order.
     async fn send(self, idx: u64) {
         let mut n = 0u64;
         let mut session = 0u64;
         while session < MAX_SESSIONS && !self.stopping() {
-            let process = SENDER_PROCESS_BASE + (idx << 20) + session;
+            let base_process = SENDER_PROCESS_BASE + (idx << 24) + (session << 3);
+            let socket = format!("{idx}-{session}");
             let (node, ws) = self.connect(session).await;
             session += 1;
             let Ok(mut ws) = ws else {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
             };
-            while !self.stopping() {
-                n += 1;
-                let value = format!("s{idx}-{n}");
-                let key = &self.keys[(n as usize) % self.keys.len()];
-                let op_key = format!("{}/{key}", self.room);
-                record(
-                    &self.sink,
-                    process,
-                    OpType::Invoke,
-                    F_APPEND,
-                    &op_key,
-                    node,
-                    json!(value),
-                );
-                let push = json!({"type": "push", "key": key, "value": value, "action": {"type": "append"}});
-                let c = if let Err(e) = ws.send(Message::Text(push.to_string().into())).await {
-                    Completion::info(json!(value), format!("push not sent whole: {e}"))
-                } else {
-                    let deadline = Instant::now() + ECHO;
-                    loop {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break Completion::info(json!(value), "no echo in time");
-                        }
-                        match Self::next_frame(&mut ws, left).await {
-                            Frame::Nothing => {}
-                            Frame::End(w) => break Completion::info(json!(value), w),
-                            Frame::Msg(m) => match m["type"].as_str() {
-                                Some("push") if m["value"] == json!(value) => {
-                                    break Completion::ok(json!({"value": value, "seq": m["seq"]}));
-                                }
-                                Some("error") => {
-                                    break Completion::info(
-                                        json!(value),
-                                        format!("error: {}", m["message"]),
-                                    );
-                                }
-                                _ => {}
-                            },
-                        }
+            let mut sent = 0u64;
+            let mut ended = None;
+            while ended.is_none() && !self.stopping() {
+                // In flight: (process, op key, value, send index).
+                let mut inflight: Vec<(u64, String, String, u64)> = Vec::new();
+                for slot in 0..BURST {
+                    n += 1;
+                    let value = format!("s{idx}-{n}");
+                    let key = &self.keys[(n as usize) % self.keys.len()];
+                    let op_key = format!("{}/{key}", self.room);
+                    let process = base_process + slot;
+                    record(
+                        &self.sink,
+                        process,
+                        OpType::Invoke,
+                        F_APPEND,
+                        &op_key,
+                        node,
+                        json!(value),
+                    );
+                    let push = json!({"type": "push", "key": key, "value": value, "action": {"type": "append"}});
+                    inflight.push((process, op_key, value, sent));
+                    sent += 1;
+                    if let Err(e) = ws.send(Message::Text(push.to_string().into())).await {
+                        ended = Some(format!("push not sent whole: {e}"));
+                        break;
                     }
-                };
-                let ok = c.kind == OpType::Ok;
-                record_end(&self.sink, process, F_APPEND, &op_key, node, c);
-                if !ok {
-                    break;
+                }
+                let deadline = Instant::now() + ECHO;
+                while ended.is_none() && !inflight.is_empty() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        ended = Some("no echo in time".into());
+                        break;
+                    }
+                    match Self::next_frame(&mut ws, left).await {
+                        Frame::Nothing => {}
+                        Frame::End(w) => ended = Some(w),
+                        Frame::Msg(m) => match m["type"].as_str() {
+                            Some("push") => {
+                                let Some(i) =
+                                    inflight.iter().position(|f| m["value"] == json!(f.2))
+                                else {
+                                    continue;
+                                };
+                                let (process, op_key, value, at) = inflight.remove(i);
+                                let ok = json!({"value": value, "seq": m["seq"], "socket": socket, "sent": at});
+                                record_end(
+                                    &self.sink,
+                                    process,
+                                    F_APPEND,
+                                    &op_key,
+                                    node,
+                                    Completion::ok(ok),
+                                );
+                            }
+                            Some("error") => ended = Some(format!("error: {}", m["message"])),
+                            _ => {}
+                        },
+                    }
+                }
+                let why = ended.clone().unwrap_or_default();
+                for (process, op_key, value, at) in inflight {
+                    let v = json!({"value": value, "socket": socket, "sent": at});
+                    record_end(
+                        &self.sink,
+                        process,
+                        F_APPEND,
+                        &op_key,
+                        node,
+                        Completion::info(v, why.clone()),
+                    );
                 }
                 tokio::time::sleep(SEND_PAUSE).await;
             }

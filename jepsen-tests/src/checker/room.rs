@@ -3,9 +3,10 @@
 //! History format (op `key` is `<room>/<key>` for appends and reads, the
 //! room for sessions):
 //! * `append`: invoke value the unique string pushed; ok value
-//!   `{"value": V}` (HTTP 200) or `{"value": V, "seq": S}` (a socket that
-//!   saw its own push delivered at `S`). Each process is one sequential
-//!   sender (an HTTP client, or one socket session).
+//!   `{"value": V}` (HTTP 200) or `{"value": V, "seq": S, "socket": id,
+//!   "sent": i}` (a socket that saw its own push delivered at `S`; `i` is
+//!   the push's place in what that socket sent, also on an unknown
+//!   outcome's value). Each process has one append in flight.
 //! * `room-read`: final `get` from seq 0 after heal, ok value the `init`
 //!   data as `[[value, seq], …]`.
 //! * `room-watch`: one socket session; ok value `{"pushes": [[key, value,
@@ -74,7 +75,8 @@ impl Problems {
 /// Checks a room history: final reads agree; each room's final stream has
 /// one push per seq, seqs 1..=N, no duplicate and no phantom value; every
 /// acknowledged append is in it exactly once (at its acknowledged seq, when
-/// it has one); each sender's acknowledged appends keep their order; every
+/// it has one); each sender's acknowledged appends keep their order, and
+/// each socket's pushes in the stream the order sent; every
 /// socket delivery and resync `init` agrees with it, each session's
 /// deliveries come in consecutive seq order, and a session still open after
 /// the final reads (ended `stopped`) has every later seq delivered and every
@@ -88,6 +90,8 @@ pub fn check_room(history: &[Op]) -> CheckResult {
     // Attempts: value → (room/key, outcome, ack seq).
     let mut attempts: HashMap<&str, (&str, Outcome, Option<u64>)> = HashMap::new();
     let mut acked_by_process: BTreeMap<u64, Vec<(&str, &str, usize)>> = BTreeMap::new();
+    // Socket sends: socket → (send index, value), acked or unknown.
+    let mut by_socket: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
     // Final reads: room/key → node → data.
     let mut reads: BTreeMap<&str, BTreeMap<u32, Stream>> = BTreeMap::new();
     let mut read_nodes: HashSet<u32> = HashSet::new();
@@ -109,6 +113,11 @@ pub fn check_room(history: &[Op]) -> CheckResult {
                     .is_some()
                 {
                     bad.add("value attempted twice", p.describe());
+                }
+                if let Some(r) = p.result() {
+                    if let (Some(sock), Some(at)) = (r["socket"].as_str(), r["sent"].as_u64()) {
+                        by_socket.entry(sock).or_default().push((at, v));
+                    }
                 }
                 if p.outcome() == Outcome::Ok {
                     let idx = p.completion.map_or(0, |(_, i)| i);
@@ -243,6 +252,28 @@ pub fn check_room(history: &[Op]) -> CheckResult {
                 }
             }
             last.insert(room, (*s, v));
+        }
+    }
+
+    // One socket's pushes are applied in the order sent: of those in the
+    // stream (acked or not), a later send has a later seq.
+    for (sock, sends) in &mut by_socket {
+        sends.sort();
+        let mut last: Option<(u64, &str)> = None;
+        for (_, v) in sends.iter() {
+            let Some((rk, s)) = position.get(*v) else {
+                continue;
+            };
+            let room = split_key(rk).0;
+            if let Some((prev, pv)) = last {
+                if *s <= prev {
+                    bad.add(
+                        "socket order broken",
+                        json!({"socket": sock, "room": room, "earlier": [pv, prev], "later": [v, s]}),
+                    );
+                }
+            }
+            last = Some((*s, v));
         }
     }
 
@@ -484,6 +515,34 @@ mod tests {
         read(&mut h, 1, "r/b", json!([["x2", 1]]), 102);
         problem(&h, "sender order broken");
         problem(&h, "acknowledged at another seq");
+    }
+
+    /// s2 was sent after s1 on one socket and its outcome is unknown; if it
+    /// landed, it must be after s1.
+    #[test]
+    fn one_sockets_pushes_keep_the_order_sent() {
+        let check = |first_seq: u64, second_seq: u64| {
+            let mut h = Hist::new();
+            let ack = json!({"value": "s1", "seq": first_seq, "socket": "0-0", "sent": 0});
+            append(&mut h, 10, "r/a", "s1", 0, End::Ok(ack, 20));
+            let unknown = json!({"value": "s2", "socket": "0-0", "sent": 1});
+            append(&mut h, 11, "r/a", "s2", 1, End::Ok(unknown, 20));
+            let mut data = vec![json!(["s1", first_seq]), json!(["s2", second_seq])];
+            data.sort_by_key(|d| d[1].as_u64());
+            read(&mut h, 1, "r/a", Value::Array(data), 100);
+            let mut ops = h.build();
+            for o in &mut ops {
+                if o.process == 11 && o.kind == crate::history::OpType::Ok {
+                    o.kind = crate::history::OpType::Info;
+                }
+            }
+            check_room(&ops)
+        };
+        let r = check(1, 2);
+        assert_eq!(r.verdict, Verdict::Valid, "{}", r.details);
+        let r = check(2, 1);
+        assert_eq!(r.verdict, Verdict::Invalid, "{}", r.details);
+        assert!(r.details["problems"].get("socket order broken").is_some());
     }
 
     #[test]
