@@ -372,6 +372,8 @@ pub fn check_room(history: &[Op]) -> CheckResult {
         "final_values": position.len(),
         "rooms": stream.len(),
         "sessions": sessions.len(),
+        "sockets_sending": by_socket.len(),
+        "socket_sends": by_socket.values().map(Vec::len).sum::<usize>(),
         "resyncs": resyncs,
         "deliveries": deliveries,
         "missing_reads": capped(&missing_reads, LIMIT),
