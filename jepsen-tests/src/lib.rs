@@ -12,6 +12,7 @@ pub mod history;
 pub mod nemesis;
 pub mod report;
 pub mod rng;
+pub mod room;
 pub mod rstmdb;
 pub mod runner;
 pub mod topology;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use jepsen_tests::checker::{self, Verdict};
 use jepsen_tests::cluster::NodeOpts;
 use jepsen_tests::nemesis::Fault;
+use jepsen_tests::room::Room;
 use jepsen_tests::rstmdb::Rstmdb;
 use jepsen_tests::runner::{self, exit_code, RunOpts};
 use jepsen_tests::topology;
@@ -51,7 +52,8 @@ enum Cmd {
         /// Keys of the register and watch workloads; instances of rstmdb.
         #[arg(long, default_value_t = 5)]
         keys: usize,
-        /// Watch and rstmdb workloads: watchers per node (1-8).
+        /// Watch and rstmdb workloads: watchers per node (1-8); room: per node
+        /// and room (1-2).
         #[arg(long, default_value_t = 2)]
         watchers: u32,
         /// The raftmesh binary; default: next to this one.
@@ -138,7 +140,10 @@ fn real_main() -> anyhow::Result<i32> {
                 "set" => Arc::new(Set::new()),
                 "watch" => Arc::new(Watch::new(keys, watchers)),
                 "rstmdb" => Arc::new(Rstmdb::new(keys, watchers)),
-                other => anyhow::bail!("unknown workload {other:?} (register, set, watch, rstmdb)"),
+                "room" => Arc::new(Room::new(3, watchers)),
+                other => {
+                    anyhow::bail!("unknown workload {other:?} (register, set, watch, rstmdb, room)")
+                }
             };
             let faults = nemesis
                 .iter()

@@ -236,6 +236,7 @@ async fn drive(
         let recorder = recorder.clone();
         Arc::new(move |op| recorder.push(op))
     };
+    opts.workload.setup(&http, &bases).await?;
     opts.workload.start_background(&bases, sink, end);
     let pause = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate.max(0.1));
     for slot in 0..opts.concurrency {
@@ -503,13 +504,19 @@ pub struct FileCheck {
     pub not_checked: Vec<NotChecked>,
 }
 
-/// The workload whose checkers fit a recorded history: rstmdb if it has
+/// The workload whose checkers fit a recorded history: room if it has
+/// `append`s, rstmdb if it has
 /// `rstmdb-watch` sessions, watch if it has `watch` sessions, set if it has
 /// `add`s, else register. The register's
 /// checkers are the same with and without stale reads (the reads themselves
 /// differ, not the rules).
 pub fn workload_of(history: &[Op]) -> Box<dyn Workload> {
     if history
+        .iter()
+        .any(|o| o.f == crate::checker::room::F_APPEND)
+    {
+        Box::new(crate::room::Room::new(1, 1))
+    } else if history
         .iter()
         .any(|o| o.f == crate::checker::rstmdb::F_RSTMDB_WATCH)
     {

@@ -1,5 +1,5 @@
 //! Workloads: what clients do and how each HTTP outcome maps to ok / fail /
-//! info. A workload is a generator of invocations plus an executor; rooms and
+//! info. A workload is a generator of invocations plus an executor; room and
 //! rstmdb workloads plug in by implementing [`Workload`]. The watch workload
 //! lives in [`crate::watch`].
 
@@ -86,6 +86,15 @@ pub trait Workload: Send + Sync {
     ) -> BoxFut<'a, Completion>;
     /// Keys the recovery check writes and reads after heal.
     fn keys(&self) -> Vec<String>;
+    /// Before the clients start, once a leader is up (the room workload
+    /// creates its rooms). Default: nothing.
+    fn setup<'a>(
+        &'a self,
+        _http: &'a Http,
+        _bases: &'a [(u32, String)],
+    ) -> BoxFut<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Starts tasks that run beside the clients from their start until
     /// `final_reads` ends them (the watch workload's streams), recording
     /// into `sink`; `end` is when the clients stop. Default: none.

@@ -31,6 +31,8 @@
 //! * rstmdb workload ([`rstmdb::check_rstmdb`]): per-instance `cas` and
 //!   `read` in the register format above (tags as values, offsets as
 //!   revisions), `fence`s and `rstmdb-watch` sessions; see [`rstmdb`].
+//! * Room workload ([`room::check_room`]): `append`s, final `room-read`s
+//!   and `room-watch` socket sessions of DriftDB rooms; see [`room`].
 //! * Recovery ([`recovery::check_recovery`]) does not read the history but
 //!   [`recovery::RecoveryProbe`]s the harness records after healing (a
 //!   run's `recovery.jsonl`).
@@ -40,6 +42,7 @@ use serde::{Deserialize, Serialize};
 pub mod linearizable;
 pub mod monotonic;
 pub mod recovery;
+pub mod room;
 pub mod rstmdb;
 pub mod set;
 pub mod watch;
