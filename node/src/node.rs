@@ -165,6 +165,11 @@ impl Node {
         }))
     }
 
+    /// Becomes dead once every handle on the store is dropped.
+    pub fn store_closed(&self) -> raftmesh_raft_store::StoreClosed {
+        self.reader.closed_when_dropped()
+    }
+
     pub fn self_info(&self) -> NodeInfo {
         NodeInfo {
             grpc_addr: self.cfg.grpc_advertised(),

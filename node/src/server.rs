@@ -196,11 +196,21 @@ impl RunningNode {
             tracing::warn!("raft shutdown: {e}");
         }
         let mut node = self.node;
-        // Handlers finishing their last requests may hold the node briefly.
-        for _ in 0..200 {
+        let closed = node.store_closed();
+        // Handlers finishing their last requests may hold the node briefly,
+        // and openraft's state-machine worker drops its store handle a
+        // little after Raft shut down: wait (bounded) for both.
+        for _ in 0..500 {
             match Arc::try_unwrap(node) {
                 Ok(n) => {
                     drop(n);
+                    for _ in 0..500 {
+                        if closed.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    tracing::warn!("the store is still open after shutdown; it closes when its last user drops it");
                     return;
                 }
                 Err(n) => node = n,

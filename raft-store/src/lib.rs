@@ -206,6 +206,16 @@ pub struct StoreReader {
     log_io: Arc<LogIo>,
 }
 
+/// Whether every handle on a store is gone (see
+/// [`StoreReader::closed_when_dropped`]).
+pub struct StoreClosed(std::sync::Weak<DB>);
+
+impl StoreClosed {
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
 /// Where the Raft log's bytes are on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogFiles {
@@ -219,6 +229,13 @@ impl StoreReader {
     #[cfg(test)]
     pub(crate) fn db_for_tests(&self) -> Arc<DB> {
         self.db.clone()
+    }
+
+    /// A handle that says when the last user of the database is gone (the
+    /// state machine openraft's worker holds is dropped a little after
+    /// Raft shuts down): the data dir can be opened again only then.
+    pub fn closed_when_dropped(&self) -> StoreClosed {
+        StoreClosed(Arc::downgrade(&self.db))
     }
 
     /// The applied-event feed, to subscribe to.
