@@ -609,24 +609,7 @@ impl Workload for Rstmdb {
                 }
             }
             let _ = running.target.send(Some(targets));
-            let deadline = tokio::time::Instant::now() + CATCH_UP;
-            let mut ends = Vec::new();
-            for mut task in running.watchers {
-                let joined = match tokio::time::timeout_at(deadline, &mut task).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let _ = running.stop.send(true);
-                        match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
-                            Ok(r) => r,
-                            Err(_) => {
-                                task.abort();
-                                continue;
-                            }
-                        }
-                    }
-                };
-                ends.extend(joined.ok());
-            }
+            let ends = crate::watch::join_watchers(running.watchers, &running.stop, CATCH_UP).await;
             for e in &ends {
                 tracing::info!(
                     "rstmdb watcher {}: {}, {} events in {} sessions, next from {}",

@@ -69,6 +69,35 @@ struct Running {
     tasks: Vec<tokio::task::JoinHandle<WatcherEnd>>,
 }
 
+/// Waits for watcher tasks until `catch_up` from now; past it, tells them
+/// to stop (each notices within a tick) and gives each 5 s more before
+/// aborting it. Returns how the ones that finished ended.
+pub(crate) async fn join_watchers<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+    stop: &watch::Sender<bool>,
+    catch_up: Duration,
+) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + catch_up;
+    let mut ends = Vec::new();
+    for mut task in tasks {
+        let joined = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = stop.send(true);
+                match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        task.abort();
+                        continue;
+                    }
+                }
+            }
+        };
+        ends.extend(joined.ok());
+    }
+    ends
+}
+
 /// How a watcher finished, for the log.
 struct WatcherEnd {
     process: u64,
@@ -212,25 +241,7 @@ impl Workload for Watch {
             } else {
                 tracing::warn!("watch: fences not written; watchers cannot be told they caught up");
             }
-            let deadline = tokio::time::Instant::now() + CATCH_UP;
-            let mut ends = Vec::new();
-            for mut task in running.tasks {
-                let joined = match tokio::time::timeout_at(deadline, &mut task).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let _ = running.stop.send(true);
-                        // A stopped watcher notices within a tick.
-                        match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
-                            Ok(r) => r,
-                            Err(_) => {
-                                task.abort();
-                                continue;
-                            }
-                        }
-                    }
-                };
-                ends.extend(joined.ok());
-            }
+            let ends = join_watchers(running.tasks, &running.stop, CATCH_UP).await;
             for e in &ends {
                 let state = if e.caught_up {
                     "caught up"
